@@ -1,0 +1,112 @@
+"""All configuration, in one typed place, read from the environment (prefix ``INSPECTQ_``).
+
+Nothing reads ``os.environ`` elsewhere: build a :class:`Settings` once at process start
+(``Settings()``) and pass it down.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The development API key of the local stack. README documents it; never use it in production.
+DEV_API_KEY = "inspectq-dev-key"
+
+
+class Settings(BaseSettings):
+    """Every knob of inspectq. Each field is the env var ``INSPECTQ_<FIELD>`` upper-cased."""
+
+    model_config = SettingsConfigDict(env_prefix="INSPECTQ_", extra="ignore", frozen=True)
+
+    # --- Redis (job cache, broker, rate limits) ---
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = Field(
+        default=None, description="Celery broker; defaults to redis_url."
+    )
+
+    # --- S3 (the durable record: images, accepted jobs, results) ---
+    s3_endpoint_url: str | None = "http://127.0.0.1:8333"
+    s3_bucket: str = "inspectq"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = "inspectq"
+    s3_secret_access_key: SecretStr = SecretStr("inspectq-secret")
+    s3_connect_timeout_s: float = 3.0
+    s3_read_timeout_s: float = 10.0
+    s3_max_attempts: int = 2
+
+    # --- Triton ---
+    triton_url: str = "127.0.0.1:8001"
+    triton_model: str = "inspectq_seg"
+    triton_timeout_s: float = 30.0
+    triton_batch_tiles: int = Field(
+        default=16, ge=1, description="Most tiles a worker sends in one request."
+    )
+
+    # --- API ---
+    api_key: SecretStr = Field(
+        default=SecretStr(DEV_API_KEY),
+        description="A bootstrap key bound to tenant 'default'; empty disables it.",
+    )
+    api_keys_file: str | None = Field(
+        default=None, description="JSON file of hashed API keys (see `inspectq keys`)."
+    )
+    public_url: str = Field(
+        default="", description="Base URL used in status_url links; empty = the request's host."
+    )
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_batch_images: int = Field(default=32, ge=1)
+    max_wait_s: float = Field(default=30.0, ge=0)
+    rate_limit: str = Field(default="600/minute", description="Per API key, limits syntax.")
+    max_pending_jobs: int = Field(
+        default=5000, ge=1, description="Queued + in-flight bound; above it ingest answers 429."
+    )
+
+    # --- Decisions and tiling ---
+    pass_threshold: float = Field(default=0.40, ge=0, le=1)
+    reject_threshold: float = Field(default=0.65, ge=0, le=1)
+    tile_size: int = Field(default=256, ge=32)
+    tile_stride: int = Field(default=128, ge=16)
+    min_region_px: int = Field(default=12, ge=1, description="Smaller regions are noise.")
+
+    # --- Jobs ---
+    result_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    max_deliveries: int = Field(
+        default=3, ge=1, description="Deliveries of one job before it is dead-lettered."
+    )
+    max_retries: int = Field(default=8, ge=0, description="Retries on Triton/S3 outages.")
+    retry_backoff_max_s: int = Field(default=60, ge=1)
+    task_soft_time_limit_s: int = Field(default=120, ge=1)
+    task_time_limit_s: int = Field(default=150, ge=1)
+    visibility_timeout_s: int = Field(
+        default=600, ge=1, description="Redis redelivery delay; must exceed the worst job."
+    )
+
+    # --- Alerts ---
+    alert_window_s: int = Field(default=300, ge=10)
+    alert_min_images: int = Field(default=20, ge=1)
+    alert_defect_rate: float = Field(default=0.30, ge=0, le=1)
+    alert_cooldown_s: int = Field(default=900, ge=0)
+    slack_webhook_url: SecretStr | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    alert_email_from: str = "inspectq@localhost"
+    alert_email_to: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.pass_threshold < self.reject_threshold:
+            raise ValueError("pass_threshold must be below reject_threshold")
+        if self.tile_stride > self.tile_size:
+            raise ValueError("tile_stride must not exceed tile_size")
+        if self.task_time_limit_s <= self.task_soft_time_limit_s:
+            raise ValueError("task_time_limit_s must exceed task_soft_time_limit_s")
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError(
+                "visibility_timeout_s must exceed task_time_limit_s, or long jobs run twice"
+            )
+        return self
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url

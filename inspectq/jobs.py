@@ -1,0 +1,229 @@
+"""The job record: inspectq's own account of every accepted image, from ``queued`` to its end.
+
+The record lives in two places on purpose:
+
+* S3 is the durable record. ``jobs/<id>/job.json`` is written when the job is accepted and a
+  ``pending/<id>`` marker says it has no outcome yet; ``jobs/<id>/result.json`` holds the
+  final record (``done`` or ``failed``) and is written with a conditional put, so the first
+  outcome wins and a redelivered job can never report a second, different one.
+* Redis is the fast cache the API polls (``inspectq:job:<id>``, with a TTL) and carries the
+  transient states (``processing``, ``retrying``). When Redis loses it, :meth:`JobStore.get`
+  falls back to S3 and puts it back.
+
+Celery's own result backend is never used: it answers PENDING for ids it never saw.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import redis
+from pydantic import BaseModel, Field
+
+from inspectq.config import Settings
+from inspectq.storage import ObjectExists, ObjectStore, keys_for
+
+_JOB_ID = re.compile(r"^j_[A-Za-z0-9_-]{22}$")
+PENDING_PREFIX = "pending/"
+
+
+def new_job_id() -> str:
+    """An unguessable id (128 random bits), safe in URLs and S3 keys."""
+    return "j_" + secrets.token_urlsafe(16)
+
+
+def is_job_id(value: str) -> bool:
+    return bool(_JOB_ID.fullmatch(value))
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Status.DONE, Status.FAILED)
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class ImageRef(BaseModel):
+    key: str
+    sha256: str
+    bytes: int
+    content_type: str
+
+
+class Thresholds(BaseModel):
+    pass_threshold: float = Field(alias="pass", serialization_alias="pass")
+    reject_threshold: float = Field(alias="reject", serialization_alias="reject")
+
+    model_config = {"populate_by_name": True}
+
+
+class JobRecord(BaseModel):
+    id: str
+    tenant: str
+    status: Status
+    created_at: str
+    updated_at: str
+    enqueued_at: float = Field(description="Unix time of enqueue, for the queue-wait timing.")
+    line: str
+    camera: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    thresholds: Thresholds
+    image: ImageRef
+    ingest_ms: float = 0.0
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    retry: dict[str, Any] | None = Field(
+        default=None, description="While retrying: attempt, reason, next_attempt_in_s."
+    )
+
+    def public(self) -> dict[str, Any]:
+        """What a client sees: no tenant, no internal keys."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status.value,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "line": self.line,
+        }
+        if self.camera is not None:
+            body["camera"] = self.camera
+        if self.metadata:
+            body["metadata"] = self.metadata
+        if self.result is not None:
+            body["result"] = self.result
+        if self.error is not None:
+            body["error"] = self.error.model_dump()
+        if self.retry is not None:
+            body["retry"] = self.retry
+        return body
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True)
+
+
+class JobStore:
+    """Reads and writes job records in Redis (cache) and S3 (durable)."""
+
+    def __init__(self, settings: Settings, store: ObjectStore, redis_client: redis.Redis) -> None:
+        self._store = store
+        self._redis = redis_client
+        self._ttl = settings.result_ttl_s
+
+    @staticmethod
+    def _redis_key(job_id: str) -> str:
+        return f"inspectq:job:{job_id}"
+
+    @staticmethod
+    def _channel(job_id: str) -> str:
+        return f"inspectq:job-ended:{job_id}"
+
+    def _cache(self, record: JobRecord) -> None:
+        self._redis.set(self._redis_key(record.id), record.to_json(), ex=self._ttl)
+
+    def create(self, record: JobRecord) -> None:
+        """Persist a newly accepted job: S3 first (durable), then the Redis cache."""
+        self._store.put_json(keys_for(record.id).record, record.model_dump(by_alias=True))
+        self._store.put(PENDING_PREFIX + record.id, b"", "text/plain")
+        self._cache(record)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The newest known state: Redis, else the S3 outcome, else the S3 accepted record."""
+        cached = self._redis.get(self._redis_key(job_id))
+        if cached is not None:
+            return JobRecord.model_validate_json(cached)
+        keys = keys_for(job_id)
+        data = self._store.get_json(keys.result) or self._store.get_json(keys.record)
+        if data is None:
+            return None
+        record = JobRecord.model_validate(data)
+        self._cache(record)
+        return record
+
+    def update(self, job_id: str, **changes: Any) -> JobRecord | None:
+        """Record a transient state (``processing``, ``retrying``) in Redis.
+
+        Never moves a job out of a terminal state: once done or failed, it stays so.
+        """
+        record = self.get(job_id)
+        if record is None or record.status.terminal:
+            return record
+        updated = record.model_copy(update={**changes, "updated_at": utc_now()})
+        self._cache(updated)
+        return updated
+
+    def finish(
+        self,
+        job_id: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: JobError | None = None,
+    ) -> JobRecord:
+        """Write the job's one outcome. The first outcome written to S3 wins; a later call
+        (a redelivered message) gets that first outcome back instead of writing its own.
+        """
+        record = self.get(job_id)
+        if record is None:
+            raise KeyError(job_id)
+        status = Status.DONE if error is None else Status.FAILED
+        final = record.model_copy(
+            update={
+                "status": status,
+                "result": result,
+                "error": error,
+                "retry": None,
+                "updated_at": utc_now(),
+            }
+        )
+        keys = keys_for(job_id)
+        try:
+            self._store.put_json(keys.result, final.model_dump(by_alias=True), only_if_new=True)
+        except ObjectExists:
+            final = JobRecord.model_validate(self._store.get_json(keys.result))
+        self._store.delete(PENDING_PREFIX + job_id)
+        self._cache(final)
+        self._redis.publish(self._channel(job_id), final.status.value)
+        return final
+
+    def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
+        """Long-poll: return as soon as the job ends, or its current state at the timeout."""
+        record = self.get(job_id)
+        if record is None or record.status.terminal or timeout_s <= 0:
+            return record
+        deadline = time.monotonic() + timeout_s
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self._channel(job_id))
+            # Read again after subscribing: the job may have ended in between.
+            record = self.get(job_id)
+            while record is not None and not record.status.terminal:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                pubsub.get_message(timeout=min(left, 1.0))
+                record = self.get(job_id)
+        finally:
+            pubsub.close()
+        return record
+
+    def pending_job_ids(self) -> list[str]:
+        """Accepted jobs that have no outcome yet (the reconciler's work list)."""
+        return [key[len(PENDING_PREFIX):] for key in self._store.list_keys(PENDING_PREFIX)]

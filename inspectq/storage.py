@@ -1,0 +1,181 @@
+"""The S3 object store: the durable record of every accepted image, job and result.
+
+Every key is built here from validated job ids, tenant ids and digests (see ``keys_for``),
+never from raw user input, so nothing a client sends can steer a write elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from inspectq.config import Settings
+
+
+class StorageUnavailable(Exception):
+    """S3 could not be reached or answered with a server error: worth retrying."""
+
+
+class ObjectExists(Exception):
+    """A conditional write found the key already written (first writer wins)."""
+
+
+@dataclass(frozen=True)
+class JobKeys:
+    """Where one job's objects live. ``prefix`` is ``jobs/<job_id>/``."""
+
+    prefix: str
+
+    @property
+    def image(self) -> str:
+        return self.prefix + "image"
+
+    @property
+    def record(self) -> str:
+        return self.prefix + "job.json"
+
+    @property
+    def result(self) -> str:
+        return self.prefix + "result.json"
+
+    @property
+    def mask(self) -> str:
+        return self.prefix + "mask.png"
+
+    @property
+    def overlay(self) -> str:
+        return self.prefix + "overlay.png"
+
+
+def keys_for(job_id: str) -> JobKeys:
+    """Keys of a job; ``job_id`` must already be validated (``inspectq.jobs.is_job_id``)."""
+    return JobKeys(prefix=f"jobs/{job_id}/")
+
+
+def _is_server_side(error: ClientError) -> bool:
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return status >= 500 or status == 429
+
+
+class ObjectStore:
+    """A thin, explicit wrapper over one boto3 S3 client and one bucket."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.bucket = settings.s3_bucket
+        self._s3 = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+            config=Config(
+                connect_timeout=settings.s3_connect_timeout_s,
+                read_timeout=settings.s3_read_timeout_s,
+                retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
+                s3={"addressing_style": "path"},
+            ),
+        )
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it is missing (idempotent)."""
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                raise self._translate(error) from error
+            try:
+                self._s3.create_bucket(Bucket=self.bucket)
+            except ClientError as create_error:
+                code = create_error.response.get("Error", {}).get("Code")
+                if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise self._translate(create_error) from create_error
+        except BotoCoreError as error:
+            raise StorageUnavailable(str(error)) from error
+
+    def ping(self) -> None:
+        """Raise :class:`StorageUnavailable` unless the bucket answers."""
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as error:
+            raise StorageUnavailable(str(error)) from error
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        content_type: str = "application/octet-stream",
+        *,
+        only_if_new: bool = False,
+    ) -> None:
+        """Write ``body`` at ``key``; with ``only_if_new`` a second write raises ObjectExists."""
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if only_if_new else {}
+        try:
+            self._s3.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **extra
+            )
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code")
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if only_if_new and (code in ("PreconditionFailed", "ConditionalRequestConflict")
+                                or status in (409, 412)):
+                raise ObjectExists(key) from error
+            raise self._translate(error) from error
+        except BotoCoreError as error:
+            raise StorageUnavailable(str(error)) from error
+
+    def put_json(self, key: str, value: Any, *, only_if_new: bool = False) -> None:
+        self.put(
+            key,
+            json.dumps(value, separators=(",", ":")).encode(),
+            "application/json",
+            only_if_new=only_if_new,
+        )
+
+    def get(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is no such key."""
+        try:
+            response = self._s3.get_object(Bucket=self.bucket, Key=key)
+            return response["Body"].read()
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise self._translate(error) from error
+        except BotoCoreError as error:
+            raise StorageUnavailable(str(error)) from error
+
+    def get_json(self, key: str) -> Any | None:
+        body = self.get(key)
+        return None if body is None else json.loads(body)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._s3.delete_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            raise self._translate(error) from error
+        except BotoCoreError as error:
+            raise StorageUnavailable(str(error)) from error
+
+    def list_keys(self, prefix: str, start_after: str = "") -> list[str]:
+        """All keys under ``prefix`` (paginated under the hood)."""
+        keys: list[str] = []
+        paginator = self._s3.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(
+                Bucket=self.bucket, Prefix=prefix, StartAfter=start_after
+            ):
+                keys.extend(item["Key"] for item in page.get("Contents", []))
+        except ClientError as error:
+            raise self._translate(error) from error
+        except BotoCoreError as error:
+            raise StorageUnavailable(str(error)) from error
+        return keys
+
+    def _translate(self, error: ClientError) -> Exception:
+        if _is_server_side(error):
+            return StorageUnavailable(str(error))
+        return error
