@@ -1,0 +1,39 @@
+"""Fixtures shared by the whole suite: a real SeaweedFS S3 server for the test session."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack import seaweed
+from devstack.ports import free_port, port_open, wait_until
+
+TEST_ACCESS_KEY = "inspectq-test"
+TEST_SECRET_KEY = "inspectq-test-secret"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``weed mini`` S3 server on free ports, checking signatures, for this session.
+
+    Use ``settings_for_s3(s3_endpoint)`` (credentials TEST_ACCESS_KEY/TEST_SECRET_KEY).
+    """
+    data_dir: Path = tmp_path_factory.mktemp("seaweed")
+    run = seaweed.plan(data_dir, TEST_ACCESS_KEY, TEST_SECRET_KEY, s3_port=free_port())
+    log = (data_dir / "weed.log").open("wb")
+    proc = subprocess.Popen(run.argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: port_open(run.s3_port) or proc.poll() is not None, 60, "SeaweedFS")
+        if proc.poll() is not None:
+            raise RuntimeError(f"weed mini exited early; see {data_dir / 'weed.log'}")
+        yield run.endpoint_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -1,0 +1,120 @@
+"""The shared core against a real S3 server (SeaweedFS) and the local Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from pydantic import SecretStr
+
+from inspectq.config import Settings
+from inspectq.jobs import ImageRef, JobError, JobRecord, JobStore, Status, new_job_id, utc_now
+from inspectq.storage import ObjectExists, ObjectStore, StorageUnavailable, keys_for
+from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+
+REDIS_DB = 8
+
+
+@pytest.fixture
+def settings(s3_endpoint: str) -> Settings:
+    return Settings(
+        redis_url=f"redis://127.0.0.1:6379/{REDIS_DB}",
+        s3_endpoint_url=s3_endpoint,
+        s3_bucket="core-tests",
+        s3_access_key_id=TEST_ACCESS_KEY,
+        s3_secret_access_key=TEST_SECRET_KEY,
+    )
+
+
+@pytest.fixture
+def redis_client(settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture
+def store(settings: Settings) -> ObjectStore:
+    object_store = ObjectStore(settings)
+    object_store.ensure_bucket()
+    return object_store
+
+
+def _record(job_id: str) -> JobRecord:
+    now = utc_now()
+    return JobRecord(
+        id=job_id,
+        tenant="default",
+        status=Status.QUEUED,
+        created_at=now,
+        updated_at=now,
+        enqueued_at=0.0,
+        line="line-1",
+        thresholds={"pass": 0.4, "reject": 0.65},
+        image=ImageRef(key=keys_for(job_id).image, sha256="0" * 64, bytes=3, content_type="x"),
+    )
+
+
+def test_wrong_secret_is_refused(settings: Settings, store: ObjectStore) -> None:
+    """SeaweedFS checks signatures: a client with a wrong secret cannot read the bucket."""
+    bad = ObjectStore(settings.model_copy(update={"s3_secret_access_key": SecretStr("wrong")}))
+    with pytest.raises(Exception) as caught:
+        bad.ping()
+    assert "403" in str(caught.value) or "Forbidden" in str(caught.value)
+
+
+def test_conditional_put_first_writer_wins(store: ObjectStore) -> None:
+    key = f"tests/{new_job_id()}"
+    store.put(key, b"first", only_if_new=True)
+    with pytest.raises(ObjectExists):
+        store.put(key, b"second", only_if_new=True)
+    assert store.get(key) == b"first"
+    assert store.get(key + "-missing") is None
+
+
+def test_unreachable_store_raises_storage_unavailable(settings: Settings) -> None:
+    dead = ObjectStore(settings.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:9"}))
+    with pytest.raises(StorageUnavailable):
+        dead.get("anything")
+
+
+def test_job_outcome_survives_redis_flush_and_first_outcome_wins(
+    store: ObjectStore, redis_client: redis.Redis, settings: Settings
+) -> None:
+    jobs = JobStore(settings, store, redis_client)
+    job_id = new_job_id()
+    jobs.create(_record(job_id))
+    assert job_id in jobs.pending_job_ids()
+    jobs.update(job_id, status=Status.PROCESSING)
+    assert jobs.get(job_id).status is Status.PROCESSING
+
+    first = jobs.finish(job_id, result={"decision": "PASS", "score": 0.1})
+    second = jobs.finish(job_id, error=JobError(code="late", message="a redelivery"))
+    assert first.status is Status.DONE
+    assert second.status is Status.DONE and second.result == {"decision": "PASS", "score": 0.1}
+    assert job_id not in jobs.pending_job_ids()
+
+    redis_client.flushdb()
+    recovered = jobs.get(job_id)
+    assert recovered is not None and recovered.result == {"decision": "PASS", "score": 0.1}
+    # A terminal job never moves back to a transient state.
+    assert jobs.update(job_id, status=Status.PROCESSING).status is Status.DONE
+
+
+def test_wait_returns_when_the_job_ends(
+    store: ObjectStore, redis_client: redis.Redis, settings: Settings
+) -> None:
+    import threading
+    import time
+
+    jobs = JobStore(settings, store, redis_client)
+    job_id = new_job_id()
+    jobs.create(_record(job_id))
+    threading.Timer(0.3, lambda: jobs.finish(job_id, result={"ok": True})).start()
+    started = time.monotonic()
+    ended = jobs.wait(job_id, timeout_s=10)
+    assert ended is not None and ended.status is Status.DONE
+    assert time.monotonic() - started < 5
+    assert jobs.wait(new_job_id(), timeout_s=0.1) is None
