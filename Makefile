@@ -1,0 +1,59 @@
+# inspectq: the two commands a fresh machine needs are `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+MODEL_VENV := .venv-model
+PY := $(VENV)/bin/python
+MODEL_PY := $(MODEL_VENV)/bin/python
+
+.PHONY: venv demo up down status test test-fast lint bench chaos train clean
+
+## venv: the service env (api, worker, dev tools; no torch) and the model env (torch, Triton)
+venv: $(VENV)/.installed $(MODEL_VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[api,worker,dev]'
+	touch $@
+
+$(MODEL_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(MODEL_VENV)
+	$(MODEL_VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[model]'
+	touch $@
+
+## demo: start the local stack and push sample images through the public API
+demo: venv
+	$(PY) -m devstack demo
+
+## up / down / status: the local stack in the background (logs in var/log, PIDs in var/run)
+up: venv
+	$(PY) -m devstack up
+
+down:
+	$(PY) -m devstack down
+
+status:
+	$(PY) -m devstack status
+
+## test: the whole suite (service env, then the model env)
+test: venv
+	$(PY) -m ruff check .
+	$(PY) -m pytest tests --ignore=tests/model
+	$(MODEL_PY) -m pytest tests/model
+
+lint: venv
+	$(PY) -m ruff check .
+
+## bench: model, Triton and end-to-end throughput, side by side in one run
+bench: venv
+	$(PY) -m devstack bench
+
+## chaos: thousands of images while killing workers, restarting Triton and flushing Redis
+chaos: venv
+	$(PY) -m devstack chaos
+
+## train: retrain the shipped model from its seed (see triton_models/README.md)
+train: venv
+	$(MODEL_PY) -m triton_models.train
+
+clean: down
+	rm -rf var
