@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from devstack import procs, samples
+from devstack import bench, procs, samples
 from devstack.client import InspectqClient
 from devstack.stack import ORDER, REPO, StackConfig, down, up
 from inspectq.config import Settings
@@ -85,6 +85,27 @@ def demo_command(out: Path) -> None:
                    f"{result['decision']:<9}{result['score']:>6.2f}  {found}")
     click.echo(f"\n{len(rows)} images in {elapsed:.1f}s. Overlays: {out}/")
     click.echo(f"Logs: {config.dirs.logs}/   Stop the stack with: make down")
+
+
+@cli.command("bench")
+@click.option("--images", default=300, show_default=True, help="Images per phase.")
+@click.option("--clients", default=8, show_default=True, help="Concurrent API clients.")
+@click.option("--triton-clients", default=4, show_default=True,
+              help="Concurrent clients of Triton alone.")
+def bench_command(images: int, clients: int, triton_clients: int) -> None:
+    """Model, Triton and end-to-end throughput, side by side in one run."""
+    config = _config()
+    up(config)
+    click.echo("in-process model benchmark (model env) ...")
+    model_line = bench.in_process(config)
+    warm = bench.bench_images(images + 16)
+    bench.end_to_end(config, warm[images:], clients)  # warm-up: worker processes, Triton
+    triton = bench.triton_alone(config, warm[:images], triton_clients)
+    fresh = bench.bench_images(images, start=images + 16)  # not seen by the phases above
+    e2e, timings = bench.end_to_end(config, fresh, clients)
+    text = bench.report(triton, e2e, timings, model_line)
+    click.echo(text)
+    (config.var_dir / "bench.txt").write_text(text + "\n")
 
 
 if __name__ == "__main__":
