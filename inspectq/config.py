@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(
         default=600, ge=1, description="Redis redelivery delay; must exceed the worst job."
     )
+    reconcile_interval_s: int = Field(
+        default=60, ge=5, description="How often Celery beat runs the reconciler."
+    )
 
     # --- Alerts ---
     alert_window_s: int = Field(default=300, ge=10)
@@ -92,6 +95,9 @@ class Settings(BaseSettings):
     smtp_port: int = 25
     alert_email_from: str = "inspectq@localhost"
     alert_email_to: str | None = None
+    alert_count_review: bool = Field(
+        default=False, description="Count REVIEW as defective in the alert rate, not only REJECT."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -227,3 +227,24 @@ class JobStore:
     def pending_job_ids(self) -> list[str]:
         """Accepted jobs that have no outcome yet (the reconciler's work list)."""
         return [key[len(PENDING_PREFIX):] for key in self._store.list_keys(PENDING_PREFIX)]
+
+    def is_cached(self, job_id: str) -> bool:
+        """Whether Redis still holds the job's record (the reconciler's test for a lost one)."""
+        return bool(self._redis.exists(self._redis_key(job_id)))
+
+    def reopen(self, job_id: str) -> JobRecord | None:
+        """Undo a ``failed`` outcome so the job can run again (dead-letter replay, an
+        operator's explicit choice). Returns the queued record, or None when the job is
+        unknown or not failed: a ``done`` job is never reopened.
+        """
+        record = self.get(job_id)
+        if record is None or record.status is not Status.FAILED:
+            return None
+        queued = record.model_copy(
+            update={"status": Status.QUEUED, "result": None, "error": None, "retry": None,
+                    "enqueued_at": time.time(), "updated_at": utc_now()}
+        )
+        self._store.put(PENDING_PREFIX + job_id, b"", "text/plain")
+        self._store.delete(keys_for(job_id).result)
+        self._cache(queued)
+        return queued
