@@ -6,10 +6,11 @@ import time
 from pathlib import Path
 
 import click
+import redis
 
-from devstack import bench, procs, samples
+from devstack import bench, chaos, procs, samples
 from devstack.client import InspectqClient
-from devstack.stack import ORDER, REPO, StackConfig, down, up
+from devstack.stack import ORDER, REPO, StackConfig, down, isolated_config, up
 from inspectq.config import Settings
 
 
@@ -106,6 +107,29 @@ def bench_command(images: int, clients: int, triton_clients: int) -> None:
     text = bench.report(triton, e2e, timings, model_line)
     click.echo(text)
     (config.var_dir / "bench.txt").write_text(text + "\n")
+
+
+@cli.command("chaos")
+@click.option("--images", default=2000, show_default=True)
+@click.option("--clients", default=8, show_default=True)
+@click.option("--deadline", default=900.0, show_default=True,
+              help="Seconds to wait for every job after the last upload.")
+def chaos_command(images: int, clients: int, deadline: float) -> None:
+    """Uploads under faults on a separate stack (its own Redis DB 13, ports and var/chaos)."""
+    # Short limits, so that work held by a SIGKILLed worker comes back within the run.
+    config = isolated_config(
+        REPO / "var" / "chaos", 13, s3_bucket="chaos",
+        task_soft_time_limit_s=20, task_time_limit_s=30, visibility_timeout_s=45,
+        max_retries=10, retry_backoff_max_s=8,
+    )
+    redis.Redis.from_url(config.settings.redis_url).flushdb()
+    up(config)
+    try:
+        text = chaos.run(config, images, clients, deadline)
+    finally:
+        down(config)
+    click.echo(text)
+    (config.var_dir / "chaos.txt").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import redis
 from pydantic import SecretStr
 
 from devstack import procs, seaweed
-from devstack.ports import http_ok, port_open, wait_until
+from devstack.ports import free_port, http_ok, port_open, wait_until
 from inspectq.config import Settings
 from inspectq.queue import QUEUE, make_celery
 from inspectq.storage import ObjectStore
@@ -65,6 +66,25 @@ class StackConfig:
 def _bin(name: str) -> str:
     """An executable of the running venv (celery, gunicorn), so no PATH activation is needed."""
     return str(Path(sys.executable).parent / name)
+
+
+def isolated_config(var_dir: Path, redis_db: int, **overrides: Any) -> StackConfig:
+    """A whole second stack on free ports with its own Redis DB and data folder, beside any
+    running dev stack: what the end-to-end tests and the chaos run use.
+    """
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:6379/{redis_db}",
+        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+        triton_url=f"127.0.0.1:{free_port()}",
+        **overrides,
+    )
+    return StackConfig(
+        settings=settings,
+        var_dir=var_dir,
+        api_port=free_port(),
+        triton_http_port=free_port(),
+        triton_metrics_port=free_port(),
+    )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -11,31 +11,15 @@ import pytest
 import redis
 
 from devstack.client import InspectqClient
-from devstack.ports import free_port
-from devstack.stack import StackConfig, down, up
-from inspectq.config import Settings
+from devstack.stack import StackConfig, down, isolated_config, up
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_DB = 12
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    settings = Settings(
-        redis_url=REDIS_URL,
-        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
-        s3_bucket="inspectq-e2e",
-        triton_url=f"127.0.0.1:{free_port()}",
-    )
-    config = StackConfig(
-        settings=settings,
-        var_dir=tmp_path_factory.mktemp("stack"),
-        api_port=free_port(),
-        triton_http_port=free_port(),
-        triton_metrics_port=free_port(),
-        worker_concurrency=2,
-        api_workers=1,
-    )
+    config = isolated_config(tmp_path_factory.mktemp("stack"), REDIS_DB, s3_bucket="e2e")
+    redis.Redis.from_url(config.settings.redis_url).flushdb()
     try:
         up(config)
         yield config

@@ -1,0 +1,198 @@
+"""``make chaos``: a stream of uploads while the stack is hurt, then an account of every job.
+
+While several clients upload images through the API, the run SIGKILLs a worker process in
+the middle of its work, stops and restarts Triton, and flushes Redis (queue, job cache and
+all). Then it waits and reads every accepted job back through the API: each must end
+``done`` or ``failed`` with a reason; none may be lost; none may show two different results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from tqdm import tqdm
+
+from devstack import procs
+from devstack.bench import bench_images
+from devstack.client import ApiError, InspectqClient
+from devstack.stack import REPO, StackConfig, services, settings_env
+
+
+@dataclass
+class Ledger:
+    """What the clients saw: accepted job ids, when, and every result observed per job."""
+
+    accepted: dict[str, float] = field(default_factory=dict)
+    rejected_uploads: dict[str, int] = field(default_factory=dict)
+    results: dict[str, list[str]] = field(default_factory=dict)
+    ended: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def accept(self, job_id: str) -> None:
+        with self.lock:
+            self.accepted[job_id] = time.monotonic()
+
+    def refuse(self, reason: str) -> None:
+        with self.lock:
+            self.rejected_uploads[reason] = self.rejected_uploads.get(reason, 0) + 1
+
+    def observe(self, job: dict[str, Any]) -> None:
+        """Record a terminal observation; a second, different one is a duplicated result."""
+        outcome = json.dumps(
+            {key: job.get(key) for key in ("status", "result", "error")}, sort_keys=True
+        )
+        with self.lock:
+            seen = self.results.setdefault(job["id"], [])
+            if outcome not in seen:
+                seen.append(outcome)
+            self.ended.setdefault(job["id"], time.monotonic())
+
+
+def _log(message: str) -> None:
+    tqdm.write(f"[chaos {time.strftime('%H:%M:%S')}] {message}")
+
+
+def _pool_children(dirs: procs.RunDirs) -> list[int]:
+    """PIDs of the Celery worker's pool processes (the children of the main process)."""
+    main = procs.running_pid(dirs, "worker")
+    if main is None:
+        return []
+    out = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True)
+    return [int(pid) for pid in out.stdout.split()]
+
+
+def _reconcile(config: StackConfig) -> str:
+    """Run the reconciler once, as ops would; return its last output line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "workers.reconcile"],
+        cwd=REPO, env={**os.environ, **settings_env(config.settings)},
+        capture_output=True, text=True, check=False,
+    )
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    return lines[-1] if lines else f"exit code {proc.returncode}"
+
+
+def faults(config: StackConfig, progress: Ledger, total: int, stop: threading.Event) -> None:
+    """The scripted faults, each fired once the stream is under way."""
+    table = services(config)
+
+    def when_accepted(fraction: float) -> bool:
+        while not stop.is_set() and len(progress.accepted) < fraction * total:
+            time.sleep(0.1)
+        return not stop.is_set()
+
+    if when_accepted(0.15):
+        children = _pool_children(config.dirs)
+        if children:
+            os.kill(children[0], signal.SIGKILL)
+            _log(f"SIGKILL worker pool process {children[0]} (mid-job)")
+    if when_accepted(0.30):
+        main = procs.running_pid(config.dirs, "worker")
+        if main is not None:
+            os.killpg(main, signal.SIGKILL)
+            config.dirs.pid_file("worker").unlink(missing_ok=True)
+            _log(f"SIGKILL the whole worker (pid {main} and its pool); restarting it")
+            procs.start(table["worker"], config.dirs)
+    if when_accepted(0.45):
+        procs.stop("triton", config.dirs)
+        _log("Triton stopped; jobs now retry with backoff")
+        time.sleep(8)
+        procs.start(table["triton"], config.dirs)
+        _log("Triton restarted")
+    if when_accepted(0.65):
+        redis.Redis.from_url(config.settings.redis_url).flushdb()
+        _log("Redis FLUSHDB: queue, job cache and counters gone")
+        _log(f"reconciler (on demand): {_reconcile(config)}")
+
+
+def run(config: StackConfig, images: int, clients: int, deadline_s: float) -> str:
+    pictures = bench_images(images)
+    bodies = [p.png() for p in pictures]
+    api = InspectqClient(config.api_url, config.settings.api_key.get_secret_value())
+    ledger = Ledger()
+    stop = threading.Event()
+    chaos = threading.Thread(target=faults, args=(config, ledger, len(bodies), stop))
+    chaos.start()
+    started = time.monotonic()
+
+    def upload(index: int) -> None:
+        # A real uploader retries 429/503 after Retry-After; so does this one.
+        for _attempt in range(60):
+            try:
+                ledger.accept(api.submit(bodies[index], f"c{index}.png", line="chaos")["id"])
+                return
+            except ApiError as error:
+                ledger.refuse(str(error.status))
+                time.sleep(1.0)
+        ledger.refuse("gave up")
+
+    with tqdm(total=len(bodies), desc=f"uploading, {clients} clients", unit="img") as bar, \
+            ThreadPoolExecutor(max_workers=clients) as pool:
+        for _ in pool.map(upload, range(len(bodies))):
+            bar.update(1)
+
+    # Periodic reconciliation happens in the stack; the run also waits for every job.
+    pending = set(ledger.accepted)
+    end_by = time.monotonic() + deadline_s
+    with tqdm(total=len(pending), desc="waiting for results", unit="job") as bar:
+        while pending and time.monotonic() < end_by:
+            for job_id in list(pending):
+                try:
+                    job = api.job(job_id)
+                except ApiError:
+                    continue
+                if job["status"] in ("done", "failed"):
+                    ledger.observe(job)
+                    pending.discard(job_id)
+                    bar.update(1)
+            time.sleep(0.5)
+    stop.set()
+    chaos.join()
+    # Read every ended job once more: a redelivered duplicate would show a second result.
+    for job_id in list(ledger.results):
+        ledger.observe(api.job(job_id))
+    return summary(ledger, pending, len(bodies), time.monotonic() - started)
+
+
+def summary(ledger: Ledger, lost: set[str], submitted: int, seconds: float) -> str:
+    done = failed = 0
+    reasons: dict[str, int] = {}
+    for seen in ledger.results.values():
+        first = json.loads(seen[0])
+        if first["status"] == "done":
+            done += 1
+        else:
+            failed += 1
+            code = (first.get("error") or {}).get("code", "unknown")
+            reasons[code] = reasons.get(code, 0) + 1
+    duplicated = sum(1 for seen in ledger.results.values() if len(seen) > 1)
+    latencies = sorted(ledger.ended[j] - ledger.accepted[j] for j in ledger.ended)
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0
+
+    lines = [
+        "",
+        f"chaos run: {seconds:.0f}s",
+        f"  submitted           {submitted}",
+        f"  accepted            {len(ledger.accepted)}"
+        f"   (uploads refused then retried: {ledger.rejected_uploads or 'none'})",
+        f"  done                {done}",
+        f"  failed              {failed}   {reasons or ''}",
+        f"  lost                {len(lost) + (submitted - len(ledger.accepted))}",
+        f"  duplicated results  {duplicated}",
+        f"  time to result (s)  p50 {pct(0.50):.1f}  p95 {pct(0.95):.1f}  p99 {pct(0.99):.1f}"
+        f"  (mean {statistics.fmean(latencies) if latencies else 0:.1f})",
+    ]
+    return "\n".join(lines)
