@@ -55,6 +55,7 @@ def demo_command(out: Path) -> None:
     client = InspectqClient(config.api_url, config.settings.api_key.get_secret_value())
     out.mkdir(parents=True, exist_ok=True)
     demo_set = samples.samples()
+    samples.write(REPO / "var" / "samples", demo_set)
     click.echo(f"\nsubmitting {len(demo_set)} images to {config.api_url}/v1/jobs ...")
     started = time.monotonic()
     submitted = [

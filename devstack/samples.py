@@ -78,11 +78,11 @@ def samples() -> list[Sample]:
     return out
 
 
-def write(out_dir: Path) -> list[Path]:
-    """Write the demo set as PNGs; returns their paths."""
+def write(out_dir: Path, demo_set: list[Sample]) -> list[Path]:
+    """Write ``demo_set`` as PNGs (for curl examples); returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for sample in samples():
+    for sample in demo_set:
         path = out_dir / f"{sample.name}.png"
         path.write_bytes(sample.png())
         paths.append(path)
