@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     reconcile_interval_s: int = Field(
         default=60, ge=5, description="How often Celery beat runs the reconciler."
     )
+    worker_shutdown_grace_s: float = Field(
+        default=25.0, ge=0,
+        description="On SIGTERM (with REMAP_SIGTERM=SIGQUIT) a worker waits this long for its "
+        "in-flight job, then hands it back to the queue; keep it under k8s' grace period.",
+    )
 
     # --- Alerts ---
     alert_window_s: int = Field(default=300, ge=10)
