@@ -1,0 +1,171 @@
+"""The pure stages on real arrays: decode, tiling, stitching, regions, decisions, PNGs."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from inspectq.jobs import Thresholds
+from workers.decide import Decision, decide
+from workers.postprocess import find_regions, image_score, stitch
+from workers.preprocess import UndecodableImage, decode_image, make_model_input, tile_starts
+from workers.render import mask_png, overlay_png
+
+CLASSES = ("background", "scratch", "pit")
+
+
+def _encode(ext: str, array: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(ext, array)
+    assert ok
+    return data.tobytes()
+
+
+# --- decode -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ext", [".png", ".bmp", ".tiff"])
+def test_decode_colour_is_rgb_in_lossless_formats(ext: str) -> None:
+    bgr = np.zeros((5, 7, 3), np.uint8)
+    bgr[..., 0] = 10  # blue
+    bgr[..., 2] = 200  # red
+    rgb = decode_image(_encode(ext, bgr))
+    assert rgb.shape == (5, 7, 3) and rgb.dtype == np.uint8
+    assert (rgb[..., 0] == 200).all() and (rgb[..., 2] == 10).all()
+
+
+def test_decode_jpeg_grayscale_rgba_and_16_bit() -> None:
+    gray = np.full((8, 9), 77, np.uint8)
+    assert (decode_image(_encode(".jpg", gray)) == 77).all()
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 1] = 150
+    rgba[..., 3] = 0  # fully transparent: alpha is dropped, colour kept
+    assert decode_image(_encode(".png", rgba))[..., 1].tolist() == [[150] * 4] * 4
+    deep = np.array([[0, 257, 65535, 32768]], np.uint16)
+    out = decode_image(_encode(".png", deep))
+    assert out.shape == (1, 4, 3) and out[0, :, 0].tolist() == [0, 1, 255, 128]
+    deep_tiff = np.full((3, 3, 3), 65535, np.uint16)
+    assert (decode_image(_encode(".tiff", deep_tiff)) == 255).all()
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"0" * 20])
+def test_decode_rejects_non_images(data: bytes) -> None:
+    with pytest.raises(UndecodableImage):
+        decode_image(data)
+
+
+# --- tiling and stitching -----------------------------------------------------------------
+
+def test_tile_starts_end_flush_with_the_edge() -> None:
+    assert tile_starts(1600, 256, 128) == [*range(0, 1345, 128), 1344]
+    assert tile_starts(256, 256, 128) == [0]
+    assert tile_starts(512, 256, 128) == [0, 128, 256]
+
+
+@pytest.mark.parametrize("shape", [(256, 1600), (257, 300), (200, 1600), (1000, 700)])
+def test_tiles_cover_every_pixel_of_large_images(shape: tuple[int, int]) -> None:
+    height, width = shape
+    image = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    layout = make_model_input(image, 256, 128)
+    assert layout.tiles.shape[1:] == (3, 256, 256) and layout.tiles.dtype == np.uint8
+    covered = np.zeros(layout.padded_shape, int)
+    for (y, x), tile in zip(layout.origins, layout.tiles, strict=True):
+        covered[y:y + 256, x:x + 256] += 1
+        region = image[y:y + 256, x:x + 256]  # the part of the tile inside the image
+        assert (tile.transpose(1, 2, 0)[: region.shape[0], : region.shape[1]] == region).all()
+    assert (covered[:height, :width] >= 1).all()
+
+
+def test_steel_strip_is_twelve_tiles_in_one_row() -> None:
+    layout = make_model_input(np.zeros((256, 1600, 3), np.uint8), 256, 128)
+    assert len(layout.tiles) == 12 and {y for y, _ in layout.origins} == {0}
+    assert layout.origins[-1] == (0, 1344) and not layout.resized
+
+
+def test_stitch_of_a_known_pattern_maps_back_to_original_pixels() -> None:
+    """Each tile 'sees' the pattern at its own offset; stitching must rebuild the image."""
+    height, width = 300, 700
+    truth_prob = np.fromfunction(lambda y, x: (x + y) / (height + width), (height, width))
+    truth_class = ((np.arange(width) // 100) % 3).astype(np.uint8)[np.newaxis].repeat(height, 0)
+    layout = make_model_input(np.zeros((height, width, 3), np.uint8), 256, 128)
+    prob_p = np.zeros(layout.padded_shape, np.float32)
+    prob_p[:height, :width] = truth_prob
+    class_p = np.zeros(layout.padded_shape, np.uint8)
+    class_p[:height, :width] = truth_class
+    tiles_prob = np.stack([prob_p[y:y + 256, x:x + 256] for y, x in layout.origins])
+    tiles_class = np.stack([class_p[y:y + 256, x:x + 256] for y, x in layout.origins])
+    class_map, prob = stitch(layout, tiles_class, tiles_prob)
+    assert class_map.shape == prob.shape == (height, width)
+    assert np.allclose(prob, truth_prob, atol=1e-6)
+    assert (class_map == truth_class).all()
+
+
+def test_stitch_overlap_means_prob_and_keeps_the_surest_class() -> None:
+    layout = make_model_input(np.zeros((256, 384, 3), np.uint8), 256, 128)
+    assert layout.origins == [(0, 0), (0, 128)]
+    probs = np.stack([np.full((256, 256), 0.2, np.float32), np.full((256, 256), 0.8, np.float32)])
+    classes = np.stack([np.full((256, 256), 1, np.uint8), np.full((256, 256), 2, np.uint8)])
+    class_map, prob = stitch(layout, classes, probs)
+    assert np.allclose(prob[:, :128], 0.2) and np.allclose(prob[:, 128:256], 0.5)
+    assert np.allclose(prob[:, 256:], 0.8)
+    assert (class_map[:, :128] == 1).all() and (class_map[:, 128:] == 2).all()
+
+
+def test_small_images_are_resized_to_one_tile_and_back() -> None:
+    image = np.zeros((100, 60, 3), np.uint8)
+    layout = make_model_input(image, 256, 128)
+    assert layout.resized and layout.tiles.shape == (1, 3, 256, 256)
+    tile_class = np.zeros((1, 256, 256), np.uint8)
+    tile_class[0, 128:, :] = 2  # lower half of the tile = lower half of the image
+    class_map, prob = stitch(layout, tile_class, np.zeros((1, 256, 256), np.float32))
+    assert class_map.shape == (100, 60) and prob.shape == (100, 60)
+    assert (class_map[:49] == 0).all() and (class_map[51:] == 2).all()
+
+
+# --- regions, score, decision -------------------------------------------------------------
+
+def test_regions_of_drawn_blobs_in_original_pixels() -> None:
+    class_map = np.zeros((256, 1600), np.uint8)
+    prob = np.zeros((256, 1600), np.float32)
+    cv2.rectangle(class_map, (1500, 10), (1539, 29), 1, thickness=-1)  # 40 x 20 scratch
+    prob[10:30, 1500:1540] = 0.9
+    cv2.circle(class_map, (100, 200), 10, 2, thickness=-1)  # pit
+    prob[190:211, 90:111] = 0.7
+    class_map[5, 5] = 2  # a 1 px speck: noise
+    regions = find_regions(class_map, prob, CLASSES, min_region_px=12)
+    assert [r.class_name for r in regions] == ["scratch", "pit"]
+    scratch, pit = regions
+    assert scratch.bbox == (1500, 10, 1540, 30) and scratch.area_px == 800
+    assert scratch.score == pytest.approx(0.9)
+    assert scratch.area_ratio == pytest.approx(800 / (256 * 1600))
+    assert pit.bbox == (90, 190, 111, 211) and pit.score == pytest.approx(0.7)
+    assert scratch.to_json()["bbox"] == [1500, 10, 1540, 30]
+
+
+def test_image_score_is_the_worst_tile() -> None:
+    assert image_score(np.array([0.1, 0.93, 0.2], np.float32)) == pytest.approx(0.93)
+
+
+@pytest.mark.parametrize(
+    ("score", "expected"),
+    [(0.0, Decision.PASS), (0.3999, Decision.PASS), (0.40, Decision.REVIEW),
+     (0.5, Decision.REVIEW), (0.65, Decision.REVIEW), (0.6501, Decision.REJECT),
+     (1.0, Decision.REJECT)],
+)
+def test_traffic_light_boundaries(score: float, expected: Decision) -> None:
+    assert decide(score, Thresholds(pass_threshold=0.40, reject_threshold=0.65)) is expected
+
+
+# --- render -------------------------------------------------------------------------------
+
+def test_mask_png_holds_class_indices_and_overlay_marks_regions() -> None:
+    class_map = np.zeros((64, 80), np.uint8)
+    class_map[10:30, 20:50] = 1
+    mask = cv2.imdecode(np.frombuffer(mask_png(class_map), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (64, 80) and (mask == class_map).all()
+    image = np.full((64, 80, 3), 128, np.uint8)
+    regions = find_regions(class_map, class_map.astype(np.float32), CLASSES, 12)
+    overlay = cv2.imdecode(np.frombuffer(overlay_png(image, class_map, regions, CLASSES),
+                                         np.uint8), cv2.IMREAD_COLOR)
+    assert overlay.shape == (64, 80, 3)
+    assert (overlay[40:, 60:] == 128).all()  # untouched background stays as it was
+    assert not (overlay[15:25, 25:45] == 128).all()  # the defect is tinted

@@ -1,0 +1,91 @@
+"""The workers' Celery app: :func:`inspectq.queue.make_celery` plus the tasks and signals.
+
+Two tasks are registered:
+
+* ``inspectq.inspect`` (one argument, the job id): :func:`workers.tasks.inspect_job`;
+* ``inspectq.reconcile`` (no argument): :func:`workers.reconcile.reconcile`, run every
+  ``reconcile_interval_s`` by Celery beat (``celery -A workers.main beat``).
+
+Clients (S3, Redis, Triton) are built lazily in the process that runs tasks, never in the
+parent before the prefork pool forks; ``worker_process_init`` drops anything a child
+inherited anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery, Task
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from inspectq.config import Settings
+from inspectq.queue import INSPECT_TASK, make_celery
+from workers.reconcile import reconcile
+from workers.services import Services, build_services
+from workers.tasks import RetryLater, inspect_job
+
+log = logging.getLogger(__name__)
+
+RECONCILE_TASK = "inspectq.reconcile"
+
+
+class ProcessServices:
+    """Builds :class:`Services` on first use in the current process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._services: Services | None = None
+
+    def get(self) -> Services:
+        if self._services is None:
+            self._services = build_services(self._settings)
+        return self._services
+
+    def drop(self) -> None:
+        """Forget the clients without closing them (they may belong to the parent)."""
+        self._services = None
+
+    def close(self) -> None:
+        if self._services is not None:
+            self._services.model.close()
+            self._services = None
+
+
+def create_app(settings: Settings) -> Celery:
+    """The worker app for ``settings``; see the module docstring."""
+    app = make_celery(settings)
+    app.conf.update(
+        # On SIGTERM with REMAP_SIGTERM=SIGQUIT: wait this long for the running job, then
+        # cancel it; acks_late leaves its message unacked, so it goes back to the queue.
+        worker_soft_shutdown_timeout=settings.worker_shutdown_grace_s,
+        worker_enable_soft_shutdown_on_idle=False,
+        beat_schedule={
+            "reconcile": {
+                "task": RECONCILE_TASK,
+                "schedule": float(settings.reconcile_interval_s),
+                "options": {"expires": float(settings.reconcile_interval_s)},
+            }
+        },
+    )
+    services = ProcessServices(settings)
+
+    @app.task(name=INSPECT_TASK, bind=True, max_retries=settings.max_retries)
+    def inspect(task: Task, job_id: str) -> None:
+        try:
+            inspect_job(services.get(), job_id, retries=task.request.retries)
+        except RetryLater as later:
+            raise task.retry(countdown=later.countdown_s) from later
+
+    @app.task(name=RECONCILE_TASK)
+    def reconcile_task() -> dict[str, int]:
+        return reconcile(services.get(), app).counts()
+
+    def on_process_init(**_: object) -> None:
+        services.drop()
+
+    def on_process_shutdown(**_: object) -> None:
+        services.close()
+
+    worker_process_init.connect(on_process_init, weak=False)
+    worker_process_shutdown.connect(on_process_shutdown, weak=False)
+    return app

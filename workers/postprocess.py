@@ -1,0 +1,111 @@
+"""Stage 4: put the tiles' outputs back together and turn the mask into defect regions.
+
+Stitching rules, where tiles overlap:
+
+* ``defect_prob`` is the **mean** over the tiles covering the pixel (smooths tile seams);
+* ``class_map`` is the class of the covering tile that is **most sure** the pixel is
+  defective (highest ``defect_prob``), so a defect seen well by one tile is not erased by a
+  neighbour that sees it only at its border.
+
+The image score is the **max** over tiles of ``image_score``: a part is as bad as its worst
+tile, and a defect shown whole by one tile is not diluted by the clean tiles around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from workers.preprocess import ModelInput
+
+
+@dataclass(frozen=True)
+class Region:
+    """One connected defect region in original image pixels; ``bbox`` ends are exclusive."""
+
+    class_name: str
+    score: float
+    bbox: tuple[int, int, int, int]
+    area_px: int
+    area_ratio: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "class": self.class_name,
+            "score": round(self.score, 4),
+            "bbox": list(self.bbox),
+            "area_px": self.area_px,
+            "area_ratio": round(self.area_ratio, 6),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Region:
+        x0, y0, x1, y1 = data["bbox"]
+        return cls(data["class"], data["score"], (x0, y0, x1, y1), data["area_px"],
+                   data["area_ratio"])
+
+
+def stitch(
+    layout: ModelInput, class_maps: np.ndarray, defect_probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Full-image ``(class_map uint8, defect_prob float32)``, both ``(height, width)``."""
+    if layout.resized:
+        size = (layout.width, layout.height)
+        class_map = cv2.resize(class_maps[0], size, interpolation=cv2.INTER_NEAREST)
+        prob = cv2.resize(defect_probs[0].astype(np.float32), size,
+                          interpolation=cv2.INTER_LINEAR)
+        return class_map, prob
+    tile = class_maps.shape[1]
+    prob_sum = np.zeros(layout.padded_shape, np.float32)
+    count = np.zeros(layout.padded_shape, np.float32)
+    best_prob = np.full(layout.padded_shape, -1.0, np.float32)
+    class_map = np.zeros(layout.padded_shape, np.uint8)
+    for (y, x), tile_classes, tile_prob in zip(
+        layout.origins, class_maps, defect_probs, strict=True
+    ):
+        window = (slice(y, y + tile), slice(x, x + tile))
+        prob_sum[window] += tile_prob
+        count[window] += 1
+        better = tile_prob > best_prob[window]
+        best_prob[window] = np.where(better, tile_prob, best_prob[window])
+        class_map[window] = np.where(better, tile_classes, class_map[window])
+    crop = (slice(0, layout.height), slice(0, layout.width))
+    return class_map[crop], (prob_sum / count)[crop]
+
+
+def find_regions(
+    class_map: np.ndarray,
+    defect_prob: np.ndarray,
+    classes: tuple[str, ...],
+    min_region_px: int,
+) -> list[Region]:
+    """Connected components (8-connected) of each defect class, largest score first.
+
+    Regions smaller than ``min_region_px`` are noise and dropped. A region's score is the
+    highest ``defect_prob`` inside it.
+    """
+    height, width = class_map.shape
+    regions: list[Region] = []
+    for index in range(1, len(classes)):
+        mask = (class_map == index).astype(np.uint8)
+        if not mask.any():
+            continue
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        for label in range(1, count):
+            x, y, w, h, area = (int(v) for v in stats[label])
+            if area < min_region_px:
+                continue
+            inside = labels[y:y + h, x:x + w] == label
+            score = float(defect_prob[y:y + h, x:x + w][inside].max())
+            regions.append(Region(classes[index], score, (x, y, x + w, y + h), area,
+                                  area / (height * width)))
+    regions.sort(key=lambda region: (-region.score, region.bbox))
+    return regions
+
+
+def image_score(tile_scores: np.ndarray) -> float:
+    """The image's defect score: the max over its tiles (see the module docstring)."""
+    return float(np.max(tile_scores))

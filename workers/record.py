@@ -1,0 +1,108 @@
+"""Stage 7: record the outcome: mask and overlay PNGs to S3, then the job's one result.
+
+``JobStore.finish`` writes the result with a conditional S3 put, so a redelivered job can
+never record a second, different outcome, and a lost Redis never loses a result.
+
+This module also keeps the **inference cache**: the same image bytes under the same model
+are inferred once. The model's answer (score, regions, size, and which job's S3 objects hold
+the mask and overlay) is kept at ``dedup/<model sha256>/<image sha256>.json``, together with
+the tiling parameters it was made with. A later job with the same image copies the PNGs and
+reuses the regions and score; its decision is still made from its own thresholds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from inspectq.jobs import JobRecord, JobStore
+from inspectq.storage import ObjectExists, ObjectStore, keys_for
+from workers.postprocess import Region
+
+DEDUP_PREFIX = "dedup/"
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    """What inference concluded about one image, independent of any job's thresholds."""
+
+    score: float
+    regions: list[Region]
+    width: int
+    height: int
+    source_job: str  # the job whose S3 objects hold mask.png and overlay.png
+    params: dict[str, int]  # tiling settings the answer was computed with
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "regions": [region.to_json() for region in self.regions],
+            "width": self.width,
+            "height": self.height,
+            "source_job": self.source_job,
+            "params": self.params,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelAnswer:
+        return cls(
+            score=data["score"],
+            regions=[Region.from_json(item) for item in data["regions"]],
+            width=data["width"],
+            height=data["height"],
+            source_job=data["source_job"],
+            params=data["params"],
+        )
+
+
+def _dedup_key(model_sha: str, image_sha: str) -> str:
+    return f"{DEDUP_PREFIX}{model_sha}/{image_sha}.json"
+
+
+def cached_answer(
+    store: ObjectStore, model_sha: str, image_sha: str, params: dict[str, int]
+) -> ModelAnswer | None:
+    """The earlier answer for these bytes and model, if it was made with the same tiling."""
+    if not model_sha:
+        return None  # a model without a digest cannot be told apart from the next one
+    data = store.get_json(_dedup_key(model_sha, image_sha))
+    if data is None:
+        return None
+    answer = ModelAnswer.from_json(data)
+    return answer if answer.params == params else None
+
+
+def remember_answer(
+    store: ObjectStore, model_sha: str, image_sha: str, answer: ModelAnswer
+) -> None:
+    """Keep the answer for later jobs with the same bytes (the first one written stays)."""
+    if not model_sha:
+        return
+    with contextlib.suppress(ObjectExists):
+        store.put_json(_dedup_key(model_sha, image_sha), answer.to_json(), only_if_new=True)
+
+
+def write_pngs(store: ObjectStore, job_id: str, mask: bytes, overlay: bytes) -> None:
+    keys = keys_for(job_id)
+    store.put(keys.mask, mask, "image/png")
+    store.put(keys.overlay, overlay, "image/png")
+
+
+def copy_pngs(store: ObjectStore, from_job: str, to_job: str) -> bool:
+    """Copy another job's PNGs; False when they are gone (then infer again)."""
+    if from_job == to_job:
+        return True
+    source, target = keys_for(from_job), keys_for(to_job)
+    mask = store.get(source.mask)
+    overlay = store.get(source.overlay)
+    if mask is None or overlay is None:
+        return False
+    store.put(target.mask, mask, "image/png")
+    store.put(target.overlay, overlay, "image/png")
+    return True
+
+
+def record_result(jobs: JobStore, job_id: str, result: dict[str, Any]) -> JobRecord:
+    """Write the result; returns the job's outcome (the first one, if another was first)."""
+    return jobs.finish(job_id, result=result)

@@ -1,0 +1,219 @@
+"""The one task: run a job's image through every stage, in order, and record one outcome.
+
+Every way out of :func:`inspect_job` leaves the job done, visibly failed with a reason, or
+``retrying`` with a :class:`RetryLater` for the Celery task to schedule:
+
+========================================  ====================================
+what happened                             outcome
+========================================  ====================================
+Triton down, overloaded, model not ready  retry with backoff, then ``triton_unavailable``
+S3 (or Redis) unreachable                 retry with backoff, then ``storage_unavailable``
+bytes are not a readable image            ``undecodable_image`` at once
+image gone from S3                        ``image_missing`` at once
+Triton answered outside the contract      ``model_contract`` at once
+ran past the soft time limit              ``timeout`` at once
+delivered more than ``max_deliveries``    ``poison_message``, dead-lettered
+anything else                             ``internal_error`` with the message
+========================================  ====================================
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+
+from inspectq.jobs import JobError, JobRecord, Status
+from inspectq.storage import StorageUnavailable
+from workers import deadletter
+from workers.alert import notify
+from workers.decide import Decision, decide
+from workers.fetch import ImageMissing, fetch_image
+from workers.infer import ModelContractError, TritonUnavailable
+from workers.postprocess import find_regions, image_score, stitch
+from workers.preprocess import UndecodableImage, decode_image, make_model_input
+from workers.record import (
+    ModelAnswer,
+    cached_answer,
+    copy_pngs,
+    record_result,
+    remember_answer,
+    write_pngs,
+)
+from workers.render import mask_png, overlay_png
+from workers.services import Services
+
+log = logging.getLogger(__name__)
+
+#: How long a job's delivery counter lives; far beyond any redelivery cycle.
+DELIVERY_COUNT_TTL_S = 24 * 3600
+
+
+class RetryLater(Exception):
+    """The job hit a transient outage and was marked ``retrying``: run it again later."""
+
+    def __init__(self, countdown_s: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown_s = countdown_s
+
+
+def backoff_s(attempt: int, cap_s: float) -> float:
+    """Exponential backoff with "equal jitter": 2**attempt seconds capped at ``cap_s``, of
+    which the second half is random, so retries of many jobs spread out but never fire at
+    once."""
+    ceiling = min(float(cap_s), 2.0 ** attempt)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def count_delivery(services: Services, job_id: str, retries: int) -> int:
+    """How many times this message (this job at this retry) has been delivered, this one
+    included. A retry is a new message, so it starts its own count."""
+    key = f"inspectq:deliveries:{job_id}:{retries}"
+    pipe = services.redis.pipeline()
+    pipe.incr(key)
+    pipe.expire(key, DELIVERY_COUNT_TTL_S)
+    count, _ = pipe.execute()
+    return int(count)
+
+
+def inspect_job(services: Services, job_id: str, retries: int = 0) -> JobRecord | None:
+    """Run job ``job_id``; ``retries`` is how many retries came before this run.
+
+    Returns the job's record afterwards (None for an unknown job). Raises
+    :class:`RetryLater` when the job should run again later.
+    """
+    started = time.time()
+    settings, jobs = services.settings, services.jobs
+    record = jobs.get(job_id)
+    if record is None:
+        log.error("job %s: no record in Redis or S3; message dropped", job_id)
+        return None
+    if record.status.terminal:
+        log.info("job %s already %s; duplicate delivery ignored", job_id, record.status)
+        return record
+    deliveries = count_delivery(services, job_id, retries)
+    if deliveries > settings.max_deliveries:
+        return deadletter.dead_letter(services, record, deliveries)
+    jobs.update(job_id, status=Status.PROCESSING, retry=None)
+    try:
+        result = _run_stages(services, record, started)
+    except (TritonUnavailable, StorageUnavailable, redis.ConnectionError,
+            redis.TimeoutError) as error:
+        code = "triton_unavailable" if isinstance(error, TritonUnavailable) else (
+            "storage_unavailable")
+        if retries < settings.max_retries:
+            countdown = backoff_s(retries, settings.retry_backoff_max_s)
+            log.warning("job %s: %s (%s); retry %d in %.1fs", job_id, code, error,
+                        retries + 1, countdown)
+            jobs.update(job_id, status=Status.RETRYING, retry={
+                "attempt": retries + 1, "reason": code,
+                "next_attempt_in_s": round(countdown, 1),
+            })
+            raise RetryLater(countdown, code) from error
+        return _fail(services, job_id, code, f"gave up after {retries} retries: {error}")
+    except UndecodableImage as error:
+        return _fail(services, job_id, "undecodable_image", str(error))
+    except ImageMissing as error:
+        return _fail(services, job_id, "image_missing", str(error))
+    except ModelContractError as error:
+        return _fail(services, job_id, "model_contract", str(error))
+    except SoftTimeLimitExceeded:
+        return _fail(services, job_id, "timeout",
+                     f"inspection ran past {settings.task_soft_time_limit_s}s")
+    except Exception as error:
+        log.exception("job %s: unexpected error", job_id)
+        return _fail(services, job_id, "internal_error", f"{type(error).__name__}: {error}")
+    final = record_result(jobs, job_id, result)
+    _observe_for_alerts(services, final)
+    return final
+
+
+def _fail(services: Services, job_id: str, code: str, message: str) -> JobRecord:
+    log.error("job %s failed: %s: %s", job_id, code, message)
+    return services.jobs.finish(job_id, error=JobError(code=code, message=message))
+
+
+def _observe_for_alerts(services: Services, final: JobRecord) -> None:
+    if final.status is not Status.DONE or final.result is None:
+        return
+    try:
+        alert = services.monitor.observe(
+            final.line, final.id, Decision(final.result["decision"]), time.time()
+        )
+        if alert is not None:
+            notify(services.settings, alert)
+    except Exception:
+        log.exception("job %s: alert bookkeeping failed (the result is recorded)", final.id)
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 2)
+
+
+def _run_stages(services: Services, record: JobRecord, started: float) -> dict[str, Any]:
+    """fetch -> preprocess -> infer -> postprocess -> render, or reuse an earlier answer
+    for the same bytes and model; then decide. Returns the result, not yet recorded."""
+    settings, store = services.settings, services.store
+    timings: dict[str, float] = {
+        "queue_wait_ms": round(max(0.0, started - record.enqueued_at) * 1000, 2),
+        "s3_get_ms": 0.0, "preprocess_ms": 0.0, "triton_ms": 0.0, "postprocess_ms": 0.0,
+    }
+    params = {"tile_size": settings.tile_size, "tile_stride": settings.tile_stride,
+              "min_region_px": settings.min_region_px}
+    clock = time.perf_counter()
+    info = services.model.current_info()
+    timings["triton_ms"] = _ms(clock)
+    clock = time.perf_counter()
+    answer = cached_answer(store, info.sha256, record.image.sha256, params)
+    cache_hit = answer is not None and copy_pngs(store, answer.source_job, record.id)
+    timings["s3_get_ms"] = _ms(clock)
+    record_started = time.perf_counter()
+    if answer is None or not cache_hit:
+        clock = time.perf_counter()
+        data = fetch_image(store, record.image.key)
+        timings["s3_get_ms"] += _ms(clock)
+
+        clock = time.perf_counter()
+        image = decode_image(data)
+        layout = make_model_input(image, settings.tile_size, settings.tile_stride)
+        timings["preprocess_ms"] = _ms(clock)
+
+        clock = time.perf_counter()
+        outputs = services.model.infer(layout.tiles)
+        info = outputs.info
+        timings["triton_ms"] += _ms(clock)
+
+        clock = time.perf_counter()
+        class_map, prob = stitch(layout, outputs.class_map, outputs.defect_prob)
+        regions = find_regions(class_map, prob, info.classes, settings.min_region_px)
+        answer = ModelAnswer(
+            score=image_score(outputs.image_score), regions=regions, width=layout.width,
+            height=layout.height, source_job=record.id, params=params,
+        )
+        timings["postprocess_ms"] = _ms(clock)
+
+        record_started = time.perf_counter()
+        write_pngs(store, record.id, mask_png(class_map),
+                   overlay_png(image, class_map, regions, info.classes))
+        remember_answer(store, info.sha256, record.image.sha256, answer)
+    decision = decide(answer.score, record.thresholds)
+    # PNG and cache writes; the result's own write (finish) comes after and cannot time itself.
+    timings["record_ms"] = _ms(record_started)
+    timings["total_ms"] = round((time.time() - started) * 1000, 2)
+    timings["ingest_ms"] = record.ingest_ms
+    return {
+        "decision": decision.value,
+        "score": round(answer.score, 4),
+        "defects": [region.to_json() for region in answer.regions],
+        "width": answer.width,
+        "height": answer.height,
+        "model": {"name": info.name, "version": info.version, "sha256": info.sha256},
+        "thresholds": {"pass": record.thresholds.pass_threshold,
+                       "reject": record.thresholds.reject_threshold},
+        "timings": timings,
+        "cache_hit": cache_hit,
+    }
