@@ -1,0 +1,85 @@
+"""``Idempotency-Key``: a repeated upload with the same key gets the same job back.
+
+The claim is an S3 object ``idempotency/<tenant>/<sha256(key)>`` written with a conditional
+put, so it is durable and race-free: of two concurrent requests with one key exactly one
+writes it, and the other answers with the winner's job. The key itself never becomes part of
+an S3 key, only its digest. Claims carry the image's digest, so reusing a key for a different
+image is refused instead of silently answering with the wrong job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+
+from api.errors import ApiError
+from inspectq.storage import ObjectExists, ObjectStore
+
+log = logging.getLogger(__name__)
+
+_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    image_sha256: str
+
+
+def check_key(value: str) -> str:
+    if not _KEY_PATTERN.fullmatch(value):
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters.",
+        )
+    return value
+
+
+class IdempotencyClaims:
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+
+    @staticmethod
+    def _object_key(tenant: str, key: str) -> str:
+        return f"idempotency/{tenant}/{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def find(self, tenant: str, key: str) -> Claim | None:
+        data = self._store.get_json(self._object_key(tenant, key))
+        return None if data is None else Claim(**data)
+
+    def claim(self, tenant: str, key: str, job_id: str, image_sha256: str) -> Claim:
+        """Claim ``key`` for ``job_id``; returns the claim that holds the key, ours or the
+        one a concurrent request wrote first."""
+        mine = Claim(job_id=job_id, image_sha256=image_sha256)
+        try:
+            self._store.put_json(self._object_key(tenant, key), mine.__dict__, only_if_new=True)
+        except ObjectExists:
+            winner = self.find(tenant, key)
+            if winner is None:  # released between our write and our read: the caller retries
+                raise in_progress() from None
+            return winner
+        return mine
+
+    def release(self, tenant: str, key: str) -> None:
+        """Forget a claim whose job could not be accepted, so a retry starts afresh."""
+        self._store.delete(self._object_key(tenant, key))
+
+
+def in_progress() -> ApiError:
+    return ApiError(
+        409,
+        "idempotency_in_progress",
+        "A request with this Idempotency-Key is still being accepted; retry shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
+def mismatch() -> ApiError:
+    return ApiError(
+        422,
+        "idempotency_key_reused",
+        "This Idempotency-Key was already used for a different image.",
+    )

@@ -1,0 +1,65 @@
+"""Pieces every ``/v1`` route shares: the accepted-job response, request headers, errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify, request
+from pydantic import ValidationError
+
+from api.errors import ApiError
+from api.idempotency import check_key
+from api.ingest import Accepted
+from api.schemas import JobAccepted
+from inspectq.config import Settings
+
+
+def raise_validation_error(
+    req: Any, resp: Any, error: Exception | None, instance: Any, adapter: Any
+) -> None:
+    """Spectree's ``before`` hook: render its validation failures as our JSON error."""
+    if not isinstance(error, ValidationError):
+        return
+    problems = error.errors(include_url=False, include_context=False, include_input=False)
+    named = "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or 'request'}: {problem['msg']}"
+        for problem in problems
+    )
+    raise ApiError(400, "invalid_request", f"Invalid request: {named}", details=problems)
+
+
+def idempotency_key() -> str | None:
+    value = request.headers.get("Idempotency-Key")
+    return None if value is None else check_key(value)
+
+
+def status_url(settings: Settings, job_id: str) -> str:
+    base = settings.public_url.rstrip("/") or request.host_url.rstrip("/")
+    return f"{base}/v1/jobs/{job_id}"
+
+
+def accepted_body(settings: Settings, accepted: Accepted) -> dict[str, Any]:
+    url = status_url(settings, accepted.job_id)
+    return JobAccepted(id=accepted.job_id, status_url=url).model_dump()
+
+
+def accepted_response(settings: Settings, accepted: Accepted) -> Response:
+    response = jsonify(accepted_body(settings, accepted))
+    response.status_code = 202
+    response.headers["Location"] = status_url(settings, accepted.job_id)
+    if accepted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def not_found(job_id: str) -> ApiError:
+    return ApiError(404, "job_not_found", f"No job {job_id!r} for this API key.")
+
+
+def unsupported_body() -> ApiError:
+    return ApiError(
+        415,
+        "unsupported_media_type",
+        "Send multipart/form-data with an `image` file, or the raw image with an image/*"
+        " Content-Type.",
+    )

@@ -1,0 +1,143 @@
+"""``/v1/jobs``: submit one image, read a job's status, fetch its mask and overlay."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, g, jsonify, request
+from spectree import Response as Responses
+from spectree import SpecTree
+
+from api.errors import ApiError
+from api.images import validate_image
+from api.ingest import accept, check_capacity, resolve_thresholds
+from api.routes.common import (
+    accepted_response,
+    idempotency_key,
+    not_found,
+    unsupported_body,
+)
+from api.schemas import ErrorOut, JobAccepted, JobForm, JobOptions, JobOut, WaitQuery
+from api.services import services
+from api.uploads import read_part, read_raw_body, set_body_limit
+from inspectq.jobs import JobRecord, Status, is_job_id
+from inspectq.storage import keys_for
+
+SECURITY = {"bearer": []}
+
+_ERRORS = {
+    "HTTP_400": ErrorOut,
+    "HTTP_401": ErrorOut,
+    "HTTP_404": ErrorOut,
+    "HTTP_429": ErrorOut,
+    "HTTP_503": ErrorOut,
+}
+
+
+def add_job_routes(bp: Blueprint, spec: SpecTree) -> None:
+    @bp.post("/jobs")
+    @spec.validate(
+        query=JobOptions,
+        form=JobForm,
+        resp=Responses(
+            HTTP_202=JobAccepted, HTTP_409=ErrorOut, HTTP_413=ErrorOut, HTTP_415=ErrorOut,
+            HTTP_422=ErrorOut, **_ERRORS,
+        ),
+        tags=["jobs"],
+        security=SECURITY,
+    )
+    def create_job() -> Response:
+        """Submit one image for inspection.
+
+        Send it as the multipart field `image` (options as form fields), or as the raw body
+        with an `image/*` Content-Type (options as query parameters). Answers 202 with the
+        job id; poll `status_url`. An `Idempotency-Key` header makes retries safe: the same
+        key and image return the same job.
+        """
+        started = time.perf_counter()
+        svc = services()
+        limit = svc.settings.max_upload_bytes
+        if request.mimetype == "multipart/form-data":
+            form: JobForm = request.context.form
+            options: JobOptions = form
+            data = read_part(form.image, limit)
+        elif request.mimetype.startswith("image/"):
+            options = request.context.query
+            data = read_raw_body(limit)
+        else:
+            raise unsupported_body()
+        thresholds = resolve_thresholds(svc, options)
+        key = idempotency_key()
+        image = validate_image(data, svc.settings.max_image_pixels)
+        check_capacity(svc, 1)
+        accepted = accept(
+            svc,
+            tenant=g.tenant,
+            image=image,
+            options=options,
+            thresholds=thresholds,
+            idempotency_key=key,
+            started=started,
+        )
+        return accepted_response(svc.settings, accepted)
+
+    @bp.before_request
+    def _limit_job_body() -> None:
+        if request.endpoint == "v1.create_job":
+            set_body_limit(services().settings, images=1)
+
+    @bp.get("/jobs/<job_id>")
+    @spec.validate(query=WaitQuery, resp=Responses(HTTP_200=JobOut, **_ERRORS), tags=["jobs"],
+                   security=SECURITY)
+    def get_job(job_id: str) -> Response:
+        """A job's status; `?wait=N` long-polls up to N seconds (at most max_wait_s) for it
+        to end. Unknown ids, and other tenants' jobs, are 404."""
+        svc = services()
+        query: WaitQuery = request.context.query
+        _own_job(job_id)
+        record = svc.jobs.wait(job_id, min(query.wait, svc.settings.max_wait_s))
+        if record is None:
+            raise not_found(job_id)
+        return jsonify(record.public())
+
+    @bp.get("/jobs/<job_id>/mask")
+    @spec.validate(resp=Responses(HTTP_409=ErrorOut, **_ERRORS), tags=["jobs"],
+                   security=SECURITY)
+    def get_mask(job_id: str) -> Response:
+        """The defect mask (PNG) of a done job. 409 `not_ready` while the job has not
+        ended; 404 for unknown jobs and for failed jobs, which have no mask."""
+        return _artifact(job_id, keys_for(job_id).mask if is_job_id(job_id) else "")
+
+    @bp.get("/jobs/<job_id>/overlay")
+    @spec.validate(resp=Responses(HTTP_409=ErrorOut, **_ERRORS), tags=["jobs"],
+                   security=SECURITY)
+    def get_overlay(job_id: str) -> Response:
+        """The image with its defects drawn on it (PNG); same rules as the mask."""
+        return _artifact(job_id, keys_for(job_id).overlay if is_job_id(job_id) else "")
+
+
+def _own_job(job_id: str) -> JobRecord:
+    """The caller's job, or 404 (for malformed ids, unknown ids and other tenants' jobs)."""
+    if not is_job_id(job_id):
+        raise not_found(job_id)
+    record = services().jobs.get(job_id)
+    if record is None or record.tenant != g.tenant:
+        raise not_found(job_id)
+    return record
+
+
+def _artifact(job_id: str, key: str) -> Response:
+    record = _own_job(job_id)
+    if not record.status.terminal:
+        raise ApiError(
+            409,
+            "not_ready",
+            f"Job {job_id} is {record.status.value}; its images exist once it is done.",
+            headers={"Retry-After": "1"},
+        )
+    if record.status is Status.FAILED:
+        raise ApiError(404, "no_artifact", f"Job {job_id} failed and has no images.")
+    data = services().store.get(key)
+    if data is None:
+        raise ApiError(404, "no_artifact", f"Job {job_id} has no such image.")
+    return Response(data, mimetype="image/png")
