@@ -1,0 +1,173 @@
+"""The task's stage orchestration, run in-process against real Redis, S3 and Triton."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import redis
+import tritonclient.grpc as grpcclient
+from pydantic import SecretStr
+
+from inspectq.jobs import Status
+from inspectq.queue import QUEUE
+from inspectq.storage import keys_for
+from tests.workers.conftest import (
+    CLOSED_PORT_URL,
+    png,
+    strip_with_scratch,
+    submit,
+)
+from tests.workers.triton_server import fixture_sha256
+from workers import deadletter
+from workers.app import create_app
+from workers.services import Services, build_services
+from workers.tasks import RetryLater, inspect_job
+
+
+def _inference_count(url: str) -> int:
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics("inspectq_seg", as_json=True)
+    finally:
+        client.close()
+    return sum(int(m.get("inference_count", 0)) for m in stats["model_stats"])
+
+
+def test_steel_strip_is_inspected_end_to_end(services: Services) -> None:
+    job_id = submit(services, png(strip_with_scratch()))
+    final = inspect_job(services, job_id)
+    assert final is not None and final.status is Status.DONE, final
+    result = final.result
+    assert result["decision"] == "REJECT" and result["score"] == pytest.approx(0.95)
+    assert (result["width"], result["height"]) == (1600, 256)
+    assert result["defects"] == [{
+        "class": "scratch", "score": pytest.approx(0.95, abs=1e-3),
+        "bbox": [1500, 10, 1540, 30], "area_px": 800,
+        "area_ratio": pytest.approx(800 / (1600 * 256), abs=1e-6),
+    }]
+    assert result["model"] == {"name": "inspectq_seg", "version": "1",
+                               "sha256": fixture_sha256()}
+    assert result["thresholds"] == {"pass": 0.40, "reject": 0.65}
+    assert set(result["timings"]) == {"queue_wait_ms", "s3_get_ms", "preprocess_ms",
+                                      "triton_ms", "postprocess_ms", "record_ms", "total_ms",
+                                      "ingest_ms"}
+    assert result["timings"]["triton_ms"] > 0 and result["cache_hit"] is False
+    mask = cv2.imdecode(np.frombuffer(services.store.get(keys_for(job_id).mask), np.uint8),
+                        cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (256, 1600) and (mask[10:30, 1500:1540] == 1).all()
+    assert int(mask.sum()) == 800
+    overlay = services.store.get(keys_for(job_id).overlay)
+    assert overlay is not None and overlay.startswith(b"\x89PNG")
+    # The outcome is durable: a flushed Redis gives the same result back from S3.
+    services.redis.flushdb()
+    assert services.jobs.get(job_id).result == result
+
+
+def test_clean_image_passes_and_thresholds_come_from_the_job(services: Services) -> None:
+    clean = np.full((300, 500, 3), 120, np.uint8)
+    passed = inspect_job(services, submit(services, png(clean)))
+    assert passed.result["decision"] == "PASS" and passed.result["defects"] == []
+    review = inspect_job(services, submit(services, png(strip_with_scratch(seed=3)),
+                                          thresholds=(0.9, 0.99)))
+    assert review.result["decision"] == "REVIEW"
+
+
+def test_same_bytes_same_model_are_inferred_once(services: Services) -> None:
+    data = png(strip_with_scratch(seed=7))
+    first = inspect_job(services, submit(services, data))
+    count_after_first = _inference_count(services.settings.triton_url)
+    second_id = submit(services, data, thresholds=(0.96, 0.99))
+    second = inspect_job(services, second_id)
+    assert _inference_count(services.settings.triton_url) == count_after_first
+    assert second.result["cache_hit"] is True and first.result["cache_hit"] is False
+    assert second.result["defects"] == first.result["defects"]
+    # The decision is made again from this job's own thresholds.
+    assert first.result["decision"] == "REJECT" and second.result["decision"] == "PASS"
+    assert services.store.get(keys_for(second_id).mask) == services.store.get(
+        keys_for(first.id).mask)
+
+
+def test_undecodable_image_fails_at_once(services: Services) -> None:
+    final = inspect_job(services, submit(services, b"GIF89a this is not really an image"))
+    assert final.status is Status.FAILED and final.error.code == "undecodable_image"
+    assert final.id not in services.jobs.pending_job_ids()
+
+
+def test_triton_down_retries_then_fails(services: Services) -> None:
+    job_id = submit(services, png(strip_with_scratch(seed=11)))
+    down = build_services(services.settings.model_copy(update={"triton_url": CLOSED_PORT_URL}))
+    with pytest.raises(RetryLater):
+        inspect_job(down, job_id, retries=0)
+    record = services.jobs.get(job_id)
+    assert record.status is Status.RETRYING
+    assert record.retry["attempt"] == 1 and record.retry["reason"] == "triton_unavailable"
+    assert 0 < record.retry["next_attempt_in_s"] <= services.settings.retry_backoff_max_s
+    final = inspect_job(down, job_id, retries=services.settings.max_retries)
+    assert final.status is Status.FAILED and final.error.code == "triton_unavailable"
+
+
+def test_triton_client_recovers_without_restart(services: Services) -> None:
+    """The same TritonModel that failed against a dead address works once it is back."""
+    model = services.model
+    real_url = model.url
+    model.url = CLOSED_PORT_URL
+    job_id = submit(services, png(strip_with_scratch(seed=12)))
+    with pytest.raises(RetryLater):
+        inspect_job(services, job_id)
+    model.url = real_url  # "Triton is back": same object, no restart
+    assert inspect_job(services, job_id, retries=1).status is Status.DONE
+
+
+def test_storage_down_retries_then_fails(services: Services) -> None:
+    job_id = submit(services, png(strip_with_scratch(seed=13)))
+    down = build_services(services.settings.model_copy(update={
+        "s3_endpoint_url": "http://127.0.0.1:9", "s3_max_attempts": 1,
+        "s3_connect_timeout_s": 0.5}))
+    with pytest.raises(RetryLater):
+        inspect_job(down, job_id, retries=0)
+    assert services.jobs.get(job_id).retry["reason"] == "storage_unavailable"
+    # The final failure is recorded once S3 answers again (the outcome needs S3).
+    services.store.delete(keys_for(job_id).image)
+    final = inspect_job(services, job_id, retries=1)
+    assert final.status is Status.FAILED and final.error.code == "image_missing"
+
+
+def test_unexpected_error_fails_with_internal_error(services: Services) -> None:
+    job_id = submit(services, png(strip_with_scratch(seed=14)))
+    broken = build_services(services.settings.model_copy(update={
+        "s3_secret_access_key": SecretStr("wrong")}))
+    broken.redis = services.redis
+    broken.jobs = services.jobs  # records readable; the image GET is refused with 403
+    final = inspect_job(broken, job_id)
+    assert final.status is Status.FAILED and final.error.code == "internal_error"
+    assert final.error.message.startswith("ClientError")
+
+
+def test_poison_message_is_dead_lettered_and_replayed(
+    services: Services, redis_client: redis.Redis
+) -> None:
+    job_id = submit(services, png(strip_with_scratch(seed=15)))
+    max_deliveries = services.settings.max_deliveries
+    # Each delivery counts; a worker that died mid-job never got to record anything.
+    for _ in range(max_deliveries):
+        redis_client.incr(f"inspectq:deliveries:{job_id}:0")
+    final = inspect_job(services, job_id)
+    assert final.status is Status.FAILED and final.error.code == "poison_message"
+    assert [e["id"] for e in deadletter.list_dead(services)] == [job_id]
+    assert redis_client.lrange(deadletter.DEADLETTER_LIST, 0, -1) == [job_id.encode()]
+
+    app = create_app(services.settings)
+    assert deadletter.replay(services, app, job_id) is True
+    assert services.jobs.get(job_id).status is Status.QUEUED
+    assert job_id in services.jobs.pending_job_ids() and not deadletter.list_dead(services)
+    assert job_id.encode() in b"".join(redis_client.lrange(QUEUE, 0, -1))
+    assert inspect_job(services, job_id).status is Status.DONE
+    assert deadletter.replay(services, app, job_id) is False  # done jobs never reopen
+
+
+def test_duplicate_delivery_keeps_the_first_outcome(services: Services) -> None:
+    job_id = submit(services, png(strip_with_scratch(seed=16)))
+    first = inspect_job(services, job_id)
+    again = inspect_job(services, job_id)  # a redelivered message after the job ended
+    assert again.result == first.result and again.updated_at == first.updated_at
