@@ -73,10 +73,12 @@ def start_triton(workdir: Path, http_port: int, grpc_port: int, metrics_port: in
     server = _server_dir()
     backend = workdir / "backends" / "python"
     backend.mkdir(parents=True, exist_ok=True)
+    python_backend = server / "backends" / "python"
     for name, source in {
-        "libtriton_python.so": server / "backends/python/libtriton_python.so",
-        "triton_python_backend_utils.py": server / "backends/python/triton_python_backend_utils.py",
-        "triton_python_backend_stub": server / "python_backend_stubs/3.11/triton_python_backend_stub",
+        "libtriton_python.so": python_backend / "libtriton_python.so",
+        "triton_python_backend_utils.py": python_backend / "triton_python_backend_utils.py",
+        "triton_python_backend_stub":
+            server / "python_backend_stubs" / "3.11" / "triton_python_backend_stub",
     }.items():
         link = backend / name
         if not link.exists():
@@ -108,9 +110,11 @@ def start_triton(workdir: Path, http_port: int, grpc_port: int, metrics_port: in
     ready = f"http://127.0.0.1:{http_port}/v2/health/ready"
     try:
         wait_until(lambda: process.poll() is not None or http_ok(ready), timeout_s, "Triton")
-    except TimeoutError:
+    except TimeoutError as error:
         triton.stop()
-        raise RuntimeError(f"Triton not ready; see {log_path}:\n{log_path.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"Triton not ready; see {log_path}:\n{log_path.read_text()[-3000:]}"
+        ) from error
     if process.poll() is not None:
         raise RuntimeError(f"Triton exited ({process.returncode}); see {log_path}:\n"
                            f"{log_path.read_text()[-3000:]}")
