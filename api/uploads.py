@@ -19,11 +19,15 @@ FORM_OVERHEAD_BYTES = 64 * 1024
 
 
 def set_body_limit(settings: Settings, images: int) -> None:
-    """Allow a body of ``images`` images of at most ``max_upload_bytes`` each."""
+    """Allow a body of ``images`` images of at most ``max_upload_bytes`` each.
+
+    A raw body may be one byte longer than allowed so that :func:`read_raw_body` can tell
+    "exactly at the limit" from "over it": Werkzeug's stream stops silently at the limit.
+    """
     if request.mimetype == "multipart/form-data":
         request.max_content_length = settings.max_upload_bytes * images + FORM_OVERHEAD_BYTES
     else:
-        request.max_content_length = settings.max_upload_bytes * images
+        request.max_content_length = settings.max_upload_bytes * images + 1
 
 
 def too_large(limit: int) -> ApiError:
@@ -40,7 +44,7 @@ def read_part(part: FileStorage, limit: int) -> bytes:
 
 def read_raw_body(limit: int) -> bytes:
     """The raw request body (``Content-Type: image/*``), refused past ``limit``."""
-    data = request.get_data(cache=False)
+    data = request.stream.read(limit + 1)
     if len(data) > limit:
         raise too_large(limit)
     return data

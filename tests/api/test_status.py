@@ -1,0 +1,118 @@
+"""Reading jobs: status, long-poll, mask and overlay, as workers leave them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from api.apikeys import add_key
+from inspectq.jobs import JobError, Status
+from inspectq.storage import keys_for
+from tests.api.conftest import AUTH, image_bytes, services_of, submit
+
+RESULT = {
+    "decision": "REJECT",
+    "score": 0.91,
+    "defects": [{"class": "scratch", "area_px": 120, "bbox": [1, 2, 10, 12]}],
+    "width": 32,
+    "height": 24,
+    "model": {"name": "inspectq_seg", "version": "1"},
+    "thresholds": {"pass": 0.4, "reject": 0.65},
+    "timings": {"queue_ms": 3.0, "infer_ms": 20.0},
+}
+
+
+@pytest.fixture
+def job_id(client: FlaskClient) -> str:
+    response = submit(client, image_bytes(), line="L9", metadata='{"lot": 5}')
+    assert response.status_code == 202
+    return response.json["id"]
+
+
+def test_a_queued_job(client: FlaskClient, job_id: str) -> None:
+    response = client.get(f"/v1/jobs/{job_id}", headers=AUTH)
+    assert response.status_code == 200
+    body = response.json
+    assert body["id"] == job_id and body["status"] == "queued" and body["line"] == "L9"
+    assert body["metadata"] == {"lot": 5}
+    assert body["created_at"] and body["updated_at"]
+    assert "result" not in body and "error" not in body and "tenant" not in body
+
+
+def test_a_done_job_shows_its_result_and_images(
+    app: Flask, client: FlaskClient, job_id: str
+) -> None:
+    svc = services_of(app)
+    for suffix in ("mask", "overlay"):
+        response = client.get(f"/v1/jobs/{job_id}/{suffix}", headers=AUTH)
+        assert response.status_code == 409 and response.json["error"]["code"] == "not_ready"
+        assert response.headers["Retry-After"]
+
+    svc.jobs.update(job_id, status=Status.PROCESSING)
+    assert client.get(f"/v1/jobs/{job_id}", headers=AUTH).json["status"] == "processing"
+
+    mask, overlay = image_bytes("PNG", (32, 24), "L"), image_bytes("PNG", (32, 24))
+    svc.store.put(keys_for(job_id).mask, mask, "image/png")
+    svc.store.put(keys_for(job_id).overlay, overlay, "image/png")
+    svc.jobs.finish(job_id, result=RESULT)
+
+    body = client.get(f"/v1/jobs/{job_id}", headers=AUTH).json
+    assert body["status"] == "done" and body["result"] == RESULT
+    got_mask = client.get(f"/v1/jobs/{job_id}/mask", headers=AUTH)
+    assert got_mask.status_code == 200 and got_mask.mimetype == "image/png"
+    assert got_mask.data == mask
+    assert client.get(f"/v1/jobs/{job_id}/overlay", headers=AUTH).data == overlay
+
+
+def test_a_failed_job_shows_its_reason_and_has_no_images(
+    app: Flask, client: FlaskClient, job_id: str
+) -> None:
+    services_of(app).jobs.finish(
+        job_id, error=JobError(code="undecodable", message="OpenCV could not decode it")
+    )
+    body = client.get(f"/v1/jobs/{job_id}", headers=AUTH).json
+    assert body["status"] == "failed"
+    assert body["error"] == {"code": "undecodable", "message": "OpenCV could not decode it"}
+    response = client.get(f"/v1/jobs/{job_id}/mask", headers=AUTH)
+    assert response.status_code == 404 and response.json["error"]["code"] == "no_artifact"
+
+
+def test_long_poll_returns_when_the_job_ends(
+    app: Flask, client: FlaskClient, job_id: str
+) -> None:
+    jobs = services_of(app).jobs
+    threading.Timer(0.3, lambda: jobs.finish(job_id, result=RESULT)).start()
+    started = time.monotonic()
+    body = client.get(f"/v1/jobs/{job_id}?wait=4", headers=AUTH).json
+    assert body["status"] == "done"
+    assert time.monotonic() - started < 3
+
+
+def test_long_poll_is_capped_at_max_wait(make_app, job_id: str) -> None:
+    client = make_app(max_wait_s=0.5).test_client()
+    started = time.monotonic()
+    response = client.get(f"/v1/jobs/{job_id}?wait=30", headers=AUTH)
+    assert response.status_code == 200 and response.json["status"] == "queued"
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("wait", ["-1", "nan", "soon"])
+def test_bad_wait_is_400(client: FlaskClient, job_id: str, wait: str) -> None:
+    response = client.get(f"/v1/jobs/{job_id}?wait={wait}", headers=AUTH)
+    assert response.status_code == 400 and response.json["error"]["code"] == "invalid_request"
+
+
+def test_another_tenants_job_is_404(app: Flask, client: FlaskClient, job_id: str) -> None:
+    other_key, _ = add_key(Path(services_of(app).settings.api_keys_file), "acme")
+    other = {"Authorization": f"Bearer {other_key}"}
+    for suffix in ("", "/mask", "/overlay"):
+        response = client.get(f"/v1/jobs/{job_id}{suffix}", headers=other)
+        assert response.status_code == 404
+        assert response.json["error"]["code"] == "job_not_found"
+    # ...while its owner still sees it.
+    assert client.get(f"/v1/jobs/{job_id}", headers=AUTH).status_code == 200
