@@ -1,0 +1,152 @@
+"""Bring-your-own-model: install, select/roll back, and clear refusals of bad files."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from triton_models import byom, card, repository, serve
+from triton_models.repository import Repositories, config_parameters
+from triton_models.verify import ModelFileError, sha256_of
+
+SHIPPED = Repositories().model_file(Repositories().served_version())
+
+
+def run_byom(repos: Repositories, *args: str) -> None:
+    byom.main(["--gpu-repository", str(repos.gpu), "--cpu-repository", str(repos.cpu), *args])
+
+
+def refused(repos: Repositories, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run_byom(repos, *args)
+    assert exit_info.value.code == 1
+    message = capsys.readouterr().err
+    assert "refused" in message
+    return message
+
+
+class WrongDtype(torch.nn.Module):
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n = images.shape[0]
+        return (torch.zeros(n, 256, 256), torch.zeros(n, 256, 256, dtype=torch.float16),
+                torch.zeros(n, 1))
+
+
+class WrongShape(torch.nn.Module):
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n = images.shape[0]
+        return (torch.zeros(n, 128, 128, dtype=torch.uint8),
+                torch.zeros(n, 128, 128, dtype=torch.float16), torch.zeros(n, 1))
+
+
+class OneOutput(torch.nn.Module):
+    def forward(self, images: Tensor) -> Tensor:
+        return images.float().mean((1, 2, 3))
+
+
+class OutOfRange(torch.nn.Module):
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n = images.shape[0]
+        prob = images[:, 0].to(torch.float16)  # 0..255, not a probability
+        return torch.zeros(n, 256, 256, dtype=torch.uint8), prob, torch.zeros(n, 1)
+
+
+class BatchLeak(torch.nn.Module):
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n = images.shape[0]
+        score = images.float().mean().expand(n, 1) / 255  # depends on the other images
+        return (torch.zeros(n, 256, 256, dtype=torch.uint8),
+                torch.zeros(n, 256, 256, dtype=torch.float16), score.contiguous())
+
+
+def scripted(module: torch.nn.Module, path: Path) -> Path:
+    torch.jit.save(torch.jit.script(module), str(path))
+    return path
+
+
+def test_install_select_and_roll_back(repos_copy: Repositories, tmp_path: Path) -> None:
+    served = repos_copy.served_version()
+    user_file = tmp_path / "mine.pt"
+    shutil.copyfile(SHIPPED, user_file)
+    run_byom(repos_copy, "install", str(user_file), "--sha256", sha256_of(user_file))
+    new = max(repos_copy.versions())
+    assert new == served + 1 and repos_copy.served_version() == served
+    for config in (repos_copy.gpu_model / "config.pbtxt", repos_copy.cpu_model / "config.pbtxt"):
+        values = config_parameters(config.read_text())
+        assert values[f"sha256_v{new}"] == sha256_of(user_file)
+    assert (repos_copy.cpu_model / str(new) / "model.py").exists()
+    installed = card.read(repos_copy.model_file(new).parent)
+    assert installed["sha256"] == sha256_of(user_file)
+    assert installed["smoke_test"]["outputs"]["defect_prob"] == "float16 [2, 256, 256]"
+
+    run_byom(repos_copy, "select", str(new))
+    for config in (repos_copy.gpu_model / "config.pbtxt", repos_copy.cpu_model / "config.pbtxt"):
+        assert f"versions: [ {new} ]" in config.read_text()
+    run_byom(repos_copy, "select", str(served))  # roll back
+    assert repos_copy.served_version() == served
+    assert len(byom.verify(repos_copy)) == len(repos_copy.versions())
+
+
+def test_refuses_missing_truncated_and_mismatched_files(
+        repos_copy: Repositories, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = repos_copy.versions()
+    missing = tmp_path / "nope.pt"
+    message = refused(repos_copy, capsys, "install", str(missing))
+    assert f"{missing}: model file is missing" in message
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(SHIPPED.read_bytes()[: SHIPPED.stat().st_size // 2])
+    message = refused(repos_copy, capsys, "install", str(truncated))
+    assert str(truncated) in message and "truncated" in message
+
+    not_torchscript = tmp_path / "notes.pt"
+    with zipfile.ZipFile(not_torchscript, "w") as archive:
+        archive.writestr("hello.txt", "not a model")
+    message = refused(repos_copy, capsys, "install", str(not_torchscript))
+    assert f"{not_torchscript}: does not load as TorchScript" in message
+
+    copy = tmp_path / "copy.pt"
+    shutil.copyfile(SHIPPED, copy)
+    message = refused(repos_copy, capsys, "install", str(copy), "--sha256", "0" * 64)
+    assert f"{copy}: sha256 mismatch" in message
+    assert repos_copy.versions() == before
+
+
+@pytest.mark.parametrize(("module", "expected"), [
+    (WrongDtype(), "output class_map is torch.float32"),
+    (WrongShape(), "output class_map is torch.uint8 [2, 128, 128]"),
+    (OneOutput(), "forward must return 3 tensors"),
+    (OutOfRange(), "defect_prob must be finite and within 0..1"),
+    (BatchLeak(), "batch items interact"),
+])
+def test_refuses_models_that_do_not_fit_the_contract(
+        repos_copy: Repositories, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        module: torch.nn.Module, expected: str) -> None:
+    path = scripted(module, tmp_path / f"{type(module).__name__}.pt")
+    message = refused(repos_copy, capsys, "install", str(path))
+    assert f"{path}: " in message and expected in message
+    assert not (repos_copy.gpu_model / str(max(repos_copy.versions()) + 1)).exists()
+
+
+def test_tampered_served_file_is_caught_by_verify_and_serve(repos_copy: Repositories) -> None:
+    served_file = repos_copy.model_file(repos_copy.served_version())
+    data = bytearray(served_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    served_file.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match=f"{served_file}: sha256 mismatch"):
+        byom.verify(repos_copy)
+    with pytest.raises(ModelFileError, match="sha256 mismatch"):
+        serve.check_repository(repos_copy.cpu)
+    served_file.unlink()
+    with pytest.raises(ModelFileError, match="model file is missing"):
+        serve.check_repository(repos_copy.cpu)
+
+
+def test_select_refuses_an_unknown_version(repos_copy: Repositories) -> None:
+    with pytest.raises(ValueError, match="version 99 is not in"):
+        repository.sync(repos_copy, 99)

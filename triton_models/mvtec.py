@@ -1,0 +1,101 @@
+"""Reading a folder in the MVTec AD layout, synthetic or real.
+
+    ROOT/train/good/*.png                 defect-free
+    ROOT/test/good/*.png                  defect-free
+    ROOT/test/<class>/*.png               defective, one class per folder
+    ROOT/ground_truth/<class>/<stem>_mask.png   optional: without it, image labels only
+
+Every image is resized to `size` x `size` (masks with nearest-neighbour), the tile size of
+the model contract. Any common image suffix is accepted (.png, .jpg, .bmp, .tif).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class Dataset:
+    """Images (N,3,S,S) uint8 RGB; labels (N,) class index (0 = good); masks (N,S,S) class
+    index per pixel, or None when the folder has no ground_truth/."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None
+    classes: list[str]
+    files: list[str]
+
+    def subset(self, index: np.ndarray) -> Dataset:
+        masks = None if self.masks is None else self.masks[index]
+        return Dataset(self.images[index], self.labels[index], masks, self.classes,
+                       [self.files[i] for i in index])
+
+
+def defect_folders(root: Path) -> list[str]:
+    test = root / "test"
+    if not test.is_dir():
+        raise FileNotFoundError(f"{test}: not found; expected the MVTec AD layout (test/<class>/)")
+    return sorted(p.name for p in test.iterdir() if p.is_dir() and p.name != "good")
+
+
+def _images_in(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+
+
+def _read_rgb(path: Path, size: int) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"{path}: not a readable image")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if rgb.shape[:2] != (size, size):
+        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
+    return rgb.transpose(2, 0, 1)
+
+
+def _read_mask(root: Path, cls: str, image: Path, size: int) -> np.ndarray:
+    path = root / "ground_truth" / cls / f"{image.stem}_mask.png"
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise FileNotFoundError(f"{path}: mask missing for {image}")
+    if mask.shape != (size, size):
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return mask > 127
+
+
+def load(root: Path, classes: list[str] | None = None, size: int = 256,
+         use_masks: bool = True) -> Dataset:
+    """Load every image under `root`. `classes` fixes the class order (index 1.. = defect
+    classes); by default the sorted folder names of test/. Masks are used when
+    ground_truth/ exists and `use_masks` is true."""
+    root = Path(root)
+    found = defect_folders(root)
+    classes = list(classes) if classes else found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ValueError(f"{root}: defect folders {unknown} are not in classes {classes}")
+    with_masks = use_masks and (root / "ground_truth").is_dir()
+    entries: list[tuple[Path, int, str | None]] = []
+    for folder in (root / "train" / "good", root / "test" / "good"):
+        entries += [(p, 0, None) for p in _images_in(folder)]
+    for k, cls in enumerate(classes, start=1):
+        entries += [(p, k, cls) for p in _images_in(root / "test" / cls)]
+    if not entries:
+        raise FileNotFoundError(f"{root}: no images found")
+    images = np.empty((len(entries), 3, size, size), np.uint8)
+    labels = np.array([k for _, k, _ in entries], np.int64)
+    masks = np.zeros((len(entries), size, size), np.uint8) if with_masks else None
+    for i, (path, k, cls) in enumerate(tqdm(entries, desc=f"load {root.name}", unit="img")):
+        images[i] = _read_rgb(path, size)
+        if masks is not None and cls is not None:
+            masks[i][_read_mask(root, cls, path, size)] = k
+    return Dataset(images, labels, masks, ["background", *classes],
+                   [str(p.relative_to(root)) for p, _, _ in entries])

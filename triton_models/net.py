@@ -1,0 +1,134 @@
+"""Network definitions: the segmentation backbones and the deployable inspectq model.
+
+`InspectqSeg` wraps any backbone that maps a normalized float image (N,3,H,W) to per-pixel
+class logits (N,C,H,W) and adds what the model contract needs: uint8 input normalized
+inside, and compact outputs (uint8 class map, fp16 defect probability, fp32 image score).
+
+The image score is a pooled view of the segmentation itself: a smooth maximum (log-mean-exp
+with sharpness `POOL_SHARPNESS`) of the per-pixel defect logit, passed through a learned
+affine map and a sigmoid. Trained with the image label, it is a calibrated probability
+whether or not masks exist, and it needs no second head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+POOL_SHARPNESS = 2.0
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """A small U-Net. With `stem_stride=2` the first layer halves the resolution, which
+    cuts the FLOPs about sixfold on CPU; logits are upsampled bilinearly at the end."""
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 64, 128),
+                 stem_stride: int = 2) -> None:
+        super().__init__()
+        self.stem_stride = stem_stride
+        self.stem = nn.Sequential(conv_bn_relu(3, widths[0], stem_stride),
+                                  conv_bn_relu(widths[0], widths[0]))
+        self.down = nn.ModuleList(
+            nn.Sequential(conv_bn_relu(a, b, 2), conv_bn_relu(b, b))
+            for a, b in zip(widths[:-1], widths[1:])
+        )
+        # Decoder blocks, deepest first: block j merges the upsampled map with skip -2-j.
+        self.up = nn.ModuleList(
+            nn.Sequential(conv_bn_relu(b + a, a), conv_bn_relu(a, a))
+            for a, b in reversed(list(zip(widths[:-1], widths[1:])))
+        )
+        self.head = nn.Conv2d(widths[0], num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        skips = [self.stem(x)]
+        for block in self.down:
+            skips.append(block(skips[-1]))
+        y = skips[-1]
+        for j, block in enumerate(self.up):
+            skip = skips[len(skips) - 2 - j]
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = block(torch.cat([y, skip], 1))
+        logits = self.head(y)
+        if self.stem_stride != 1:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits
+
+
+class LRASPP(nn.Module):
+    """torchvision's LRASPP-MobileNetV3-Large (random init), for the architecture comparison."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+        self.inner = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                               num_classes=num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x)["out"]
+
+
+def build_backbone(arch: str, num_classes: int) -> nn.Module:
+    if arch == "unet-s2":
+        return UNet(num_classes, stem_stride=2)
+    if arch == "unet-full":
+        return UNet(num_classes, stem_stride=1)
+    if arch == "lraspp":
+        return LRASPP(num_classes)
+    raise ValueError(f"unknown architecture {arch!r}")
+
+
+ARCHITECTURES = ("unet-s2", "unet-full", "lraspp")
+
+
+def smooth_max(z: Tensor, sharpness: float) -> Tensor:
+    """Log-mean-exp over the spatial dims of (N,K,H,W): between the mean and the max."""
+    flat = z.flatten(2)
+    n = float(flat.shape[2])
+    return (torch.logsumexp(sharpness * flat, 2) - math.log(n)) / sharpness
+
+
+class InspectqSeg(nn.Module):
+    """The deployable model: uint8 images in, the contract's three outputs out."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.score_scale = nn.Parameter(torch.tensor(1.0))
+        self.score_bias = nn.Parameter(torch.tensor(0.0))
+        self.pool_sharpness = POOL_SHARPNESS
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+
+    def normalize(self, images: Tensor) -> Tensor:
+        return (images.float() / 255.0 - self.mean) / self.std
+
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(pixel logits, image logit (N,), per-class presence logits (N,K)) of normalized x."""
+        logits = self.backbone(x)
+        background = logits[:, :1]
+        any_defect = torch.logsumexp(logits[:, 1:], 1, keepdim=True) - background
+        image_logit = self.score_scale * smooth_max(any_defect, self.pool_sharpness)[:, 0] + self.score_bias
+        presence = smooth_max(logits[:, 1:] - background, self.pool_sharpness)
+        return logits, image_logit, presence
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits, image_logit, _ = self.heads(self.normalize(images))
+        class_map = torch.argmax(logits, 1).to(torch.uint8)
+        defect_prob = (1.0 - torch.softmax(logits, 1)[:, 0]).to(torch.float16)
+        image_score = torch.sigmoid(image_logit).unsqueeze(1)
+        return class_map, defect_prob, image_score

@@ -1,0 +1,239 @@
+"""Train the inspectq segmentation model on any MVTec-AD-layout folder, export TorchScript and
+write the model card.
+
+    python -m triton_models.train DATA --eval-data HELDOUT \
+        --out triton_models/repository/inspectq_seg/1
+
+With ground_truth/ masks: multi-class segmentation (cross-entropy + Dice on pixels) plus the
+image score (binary cross-entropy of the pooled defect map against "crop holds a defect").
+Without ground_truth/ (or with --label-only): the same network learns from image labels alone,
+multiple-instance style: the pooled defect map is supervised by "image is defective" and the
+pooled per-class maps by the image's folder; the class map becomes a coarse heatmap.
+
+Without --eval-data, a stratified --val-fraction of the images is held out for the metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from triton_models import card, metrics, mvtec
+from triton_models.export import export, gflops_per_image
+from triton_models.net import ARCHITECTURES, InspectqSeg, build_backbone
+from triton_models.verify import sha256_of
+
+MODEL_NAME = "inspectq_seg"
+
+
+def split(data: mvtec.Dataset, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (per label) train/held-out index split."""
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    for label in np.unique(data.labels):
+        idx = rng.permutation(np.flatnonzero(data.labels == label))
+        n_held = round(len(idx) * fraction)
+        held.append(idx[:n_held])
+        train.append(idx[n_held:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
+
+
+def make_batch(data: mvtec.Dataset, index: np.ndarray, crop: int,
+               rng: np.random.Generator) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Augmented uint8 images (B,3,crop,crop), masks (B,crop,crop) or None, labels (B,).
+
+    Augmentation: random crop, flips, 90-degree turns (surfaces have no preferred
+    orientation), and a brightness/contrast change. With masks, the label is whether the
+    crop still holds defect pixels; without masks the crop is the whole image (a crop could
+    cut the defect out and make the label wrong)."""
+    size = data.images.shape[-1]
+    images, masks, labels = [], [], []
+    for i in index:
+        y0, x0 = (rng.integers(0, size - crop + 1, size=2) if crop < size else (0, 0))
+        if data.masks is not None and data.labels[i] > 0 and crop < size and rng.random() < 0.5:
+            # Defects cover ~1% of the pixels: half the crops of defective images are placed
+            # over a random defect pixel so thin and small defects are seen often enough.
+            ys, xs = np.nonzero(data.masks[i])
+            if len(ys):
+                pick = rng.integers(len(ys))
+                y0 = int(np.clip(ys[pick] - rng.integers(crop), 0, size - crop))
+                x0 = int(np.clip(xs[pick] - rng.integers(crop), 0, size - crop))
+        image = data.images[i, :, y0 : y0 + crop, x0 : x0 + crop]
+        mask = None if data.masks is None else data.masks[i, y0 : y0 + crop, x0 : x0 + crop]
+        turns = int(rng.integers(4))
+        flip = bool(rng.integers(2))
+        image = np.rot90(image, turns, axes=(1, 2))
+        image = image[:, :, ::-1] if flip else image
+        gain, offset = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
+        image = np.clip(image.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+        images.append(image)
+        if mask is not None:
+            mask = np.rot90(mask, turns)
+            mask = mask[:, ::-1] if flip else mask
+            masks.append(np.ascontiguousarray(mask))
+            labels.append(int(mask.max()))
+        else:
+            labels.append(int(data.labels[i]))
+    mask_t = torch.from_numpy(np.stack(masks)).long() if masks else None
+    return torch.from_numpy(np.stack(images)), mask_t, torch.tensor(labels)
+
+
+def loss_fn(model: InspectqSeg, images: Tensor, masks: Tensor | None, labels: Tensor,
+            num_classes: int) -> Tensor:
+    logits, image_logit, presence = model.heads(model.normalize(images))
+    image_loss = F.binary_cross_entropy_with_logits(image_logit, (labels > 0).float())
+    if masks is None:
+        onehot = F.one_hot(labels, num_classes)[:, 1:].float()
+        return image_loss + F.binary_cross_entropy_with_logits(presence, onehot)
+    weight = torch.ones(num_classes)
+    weight[1:] = 3.0
+    ce = F.cross_entropy(logits, masks, weight=weight)
+    prob = torch.softmax(logits, 1)[:, 1:]
+    target = F.one_hot(masks, num_classes).permute(0, 3, 1, 2)[:, 1:].float()
+    inter = (prob * target).sum((0, 2, 3))
+    dice = 1 - (2 * inter + 1) / (prob.sum((0, 2, 3)) + target.sum((0, 2, 3)) + 1)
+    return ce + dice.mean() + 0.5 * image_loss
+
+
+def train(data: mvtec.Dataset, arch: str, steps: int, batch: int, crop: int, lr: float,
+          seed: int, max_seconds: float | None = None) -> tuple[InspectqSeg, dict[str, object]]:
+    """Train from scratch; stops after `steps` or `max_seconds`, whichever comes first.
+
+    The learning rate follows a one-cycle cosine schedule over `steps`."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    num_classes = len(data.classes)
+    model = InspectqSeg(build_backbone(arch, num_classes))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps,
+                                                   pct_start=0.1)
+    if data.masks is None:
+        crop = data.images.shape[-1]
+    model.train()
+    start = time.monotonic()
+    done = 0
+    bar = tqdm(range(steps), desc=f"train {arch}", unit="step")
+    for step in bar:
+        index = rng.integers(0, len(data.labels), size=batch)
+        images, masks, labels = make_batch(data, index, crop, rng)
+        loss = loss_fn(model, images, masks, labels, num_classes)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        done = step + 1
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if max_seconds is not None and time.monotonic() - start > max_seconds:
+            break
+    bar.close()
+    model.eval()
+    info: dict[str, object] = {
+        "steps": done,
+        "batch": batch,
+        "crop": crop,
+        "lr": lr,
+        "seconds": round(time.monotonic() - start, 1),
+        "mode": "image labels only" if data.masks is None else "pixel masks",
+    }
+    return model, info
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path, help="training folder, MVTec AD layout")
+    parser.add_argument("--eval-data", type=Path, default=None,
+                        help="held-out folder (default: hold out --val-fraction of DATA)")
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="version folder to write model.pt and the model card into")
+    parser.add_argument("--classes", default=None,
+                        help="comma-separated defect classes in output order "
+                             "(default: sorted folder names of test/)")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="unet-s2")
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=128,
+                        help="training crop size with masks (full image without masks)")
+    parser.add_argument("--lr", type=float, default=4e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--label-only", action="store_true",
+                        help="ignore ground_truth/ even if present (image labels only)")
+    parser.add_argument("--size", type=int, default=256, help="image size (contract: 256)")
+    args = parser.parse_args(argv)
+
+    wall_start = time.monotonic()
+    torch.set_num_threads(args.threads)
+    classes = args.classes.split(",") if args.classes else None
+    data = mvtec.load(args.data, classes, args.size, use_masks=not args.label_only)
+    if args.eval_data is not None:
+        train_data = data
+        held = mvtec.load(args.eval_data, data.classes[1:], args.size)
+        held_desc = str(args.eval_data)
+    else:
+        train_idx, held_idx = split(data, args.val_fraction, args.seed)
+        train_data, held = data.subset(train_idx), data.subset(held_idx)
+        held_desc = f"{args.val_fraction:.0%} of {args.data} held out (seed {args.seed})"
+
+    model, info = train(train_data, args.arch, args.steps, args.batch, args.crop, args.lr,
+                        args.seed)
+    model_path = export(model, args.out / "model.pt")
+    scripted = torch.jit.load(str(model_path))
+    result = metrics.evaluate(scripted, held)
+    wall = round(time.monotonic() - wall_start, 1)
+
+    def describe(folder: Path, count: int) -> dict[str, object]:
+        summary_file = folder / "dataset.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        return {"path": str(folder), "images_used": count, **summary}
+
+    model_card: dict[str, object] = {
+        "name": MODEL_NAME,
+        "file": model_path.name,
+        "sha256": sha256_of(model_path),
+        "size_bytes": model_path.stat().st_size,
+        "classes": data.classes,
+        "architecture": args.arch,
+        "params": sum(p.numel() for p in model.parameters()),
+        "gflops_per_image": gflops_per_image(model, args.size),
+        "input": card.INPUT_CONTRACT,
+        "outputs": card.OUTPUT_CONTRACT,
+        "training": {
+            "command": "python -m triton_models.train " + shlex.join(sys.argv[1:] if argv is None
+                                                                      else argv),
+            "seed": args.seed,
+            **info,
+            "training_seconds": info["seconds"],
+            "total_seconds_incl_loading_and_eval": wall,
+            "threads": args.threads,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+            "torch": torch.__version__,
+        },
+        "data": {"train": describe(args.data, len(train_data.labels)),
+                 "heldout": {**describe(args.eval_data, len(held.labels))}
+                 if args.eval_data else held_desc},
+        "metrics": result,
+    }
+    model_card["training"].pop("seconds")  # type: ignore[union-attr]
+    card.write(args.out, model_card)
+    print(json.dumps({"model": str(model_path), "training_seconds": info["seconds"],
+                      "total_seconds": wall, "metrics": result}, indent=2))
+    if math.isnan(float(result["image_auroc"])):  # type: ignore[arg-type]
+        print("warning: the held-out set lacks good or defective images; no AUROC")
+
+
+if __name__ == "__main__":
+    main()
