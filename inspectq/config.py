@@ -6,7 +6,7 @@ Nothing reads ``os.environ`` elsewhere: build a :class:`Settings` once at proces
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The development API key of the local stack. README documents it; never use it in production.
@@ -103,6 +103,13 @@ class Settings(BaseSettings):
     alert_count_review: bool = Field(
         default=False, description="Count REVIEW as defective in the alert rate, not only REJECT."
     )
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _empty_endpoint_means_aws(cls, value: str | None) -> str | None:
+        """``INSPECTQ_S3_ENDPOINT_URL=`` (empty) selects AWS S3's own endpoint: an environment
+        variable cannot be None, and leaving it unset keeps the local default."""
+        return value or None
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
