@@ -71,10 +71,10 @@ def settings(bucket_ready: str, tmp_path: Path, redis_client: redis.Redis) -> Se
 
 @pytest.fixture
 def make_app(settings: Settings) -> Callable[..., Flask]:
-    """Build an app on the test settings with some fields changed."""
+    """Build an app on the test settings with some fields changed (and validated)."""
 
     def build(**changes: Any) -> Flask:
-        return create_app(settings.model_copy(update=changes))
+        return create_app(Settings(**{**settings.model_dump(), **changes}))
 
     return build
 

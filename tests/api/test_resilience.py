@@ -1,0 +1,108 @@
+"""Outages and overload: 503 when S3 or Redis is down, 429 for a full queue or a busy key;
+nothing is enqueued in any of them, and no secret reaches a response or the log."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from pydantic import SecretStr
+
+from tests.api.conftest import (
+    AUTH,
+    DEV_KEY,
+    closed_port_url,
+    image_bytes,
+    queued_job_ids,
+    submit,
+)
+from tests.conftest import TEST_SECRET_KEY
+
+
+def test_s3_unreachable_is_503_and_nothing_is_enqueued(
+    make_app, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_app(s3_endpoint_url=closed_port_url()).test_client()
+    with caplog.at_level(logging.DEBUG):
+        response = submit(client, image_bytes())
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "storage_unavailable"
+    assert int(response.headers["Retry-After"]) > 0
+    assert queued_job_ids(redis_client) == []
+    for text in (response.get_data(as_text=True), caplog.text):
+        assert TEST_SECRET_KEY not in text and DEV_KEY not in text
+
+
+def test_s3_refusing_our_credentials_is_500(make_app, redis_client: redis.Redis) -> None:
+    """A misconfigured server, not an outage: 500, with nothing of the secret in the body."""
+    client = make_app(s3_secret_access_key=SecretStr("wrong-secret")).test_client()
+    response = submit(client, image_bytes())
+    assert response.status_code == 500
+    assert response.json["error"]["code"] == "internal_error"
+    assert "wrong-secret" not in response.get_data(as_text=True)
+    assert queued_job_ids(redis_client) == []
+
+
+def test_redis_unreachable_is_503(make_app, redis_client: redis.Redis) -> None:
+    dead = closed_port_url("redis") + "/10"
+    client = make_app(redis_url=dead, broker_url=dead).test_client()
+    response = submit(client, image_bytes())
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "queue_unavailable"
+    assert response.headers["Retry-After"]
+    status = client.get("/v1/jobs/j_AAAAAAAAAAAAAAAAAAAAAA", headers=AUTH)
+    assert status.status_code == 503
+
+
+def test_broker_unreachable_is_503_and_the_job_is_failed_visibly(
+    app: Flask, make_app, redis_client: redis.Redis
+) -> None:
+    """Redis (records) is up but the broker is not: the job exists, so it is marked failed
+    rather than left queued forever."""
+    from inspectq.jobs import Status
+    from tests.api.conftest import services_of
+
+    broken = make_app(broker_url=closed_port_url("redis") + "/10")
+    response = submit(broken.test_client(), image_bytes())
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "queue_unavailable"
+    assert queued_job_ids(redis_client) == []
+    # The only record written is a failed one, with its reason.
+    keys = [k.decode() for k in redis_client.keys("inspectq:job:*")]
+    assert len(keys) == 1
+    record = services_of(app).jobs.get(keys[0].rsplit(":", 1)[1])
+    assert record.status is Status.FAILED and record.error.code == "ingest_failed"
+
+
+def test_full_queue_is_429_and_enqueues_nothing(make_app, redis_client: redis.Redis) -> None:
+    client = make_app(max_pending_jobs=2).test_client()
+    assert submit(client, image_bytes()).status_code == 202
+    assert submit(client, image_bytes()).status_code == 202
+    response = submit(client, image_bytes())
+    assert response.status_code == 429
+    assert response.json["error"]["code"] == "queue_full"
+    assert int(response.headers["Retry-After"]) > 0
+    assert len(queued_job_ids(redis_client)) == 2
+
+
+def test_rate_limit_per_key_is_429_with_retry_after(
+    make_app, redis_client: redis.Redis
+) -> None:
+    client = make_app(rate_limit="2/minute").test_client()
+    job = "/v1/jobs/j_AAAAAAAAAAAAAAAAAAAAAA"
+    assert client.get(job, headers=AUTH).status_code == 404
+    assert client.get(job, headers=AUTH).status_code == 404
+    response = client.get(job, headers=AUTH)
+    assert response.status_code == 429
+    assert response.json["error"]["code"] == "rate_limited"
+    assert int(response.headers["Retry-After"]) > 0
+    # Another key has its own budget.
+    assert client.get(job, headers={"Authorization": "Bearer other"}).status_code == 401
+    assert DEV_KEY not in str(redis_client.keys("*"))
+
+
+def test_service_is_still_healthy_after_outages(client: FlaskClient) -> None:
+    assert client.get("/healthz").json == {"status": "ok"}
