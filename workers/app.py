@@ -59,6 +59,14 @@ def create_app(settings: Settings) -> Celery:
         # cancel it; acks_late leaves its message unacked, so it goes back to the queue.
         worker_soft_shutdown_timeout=settings.worker_shutdown_grace_s,
         worker_enable_soft_shutdown_on_idle=False,
+        # A worker that died with a job (node lost) leaves its message unacked in Redis;
+        # kombu hands it out again once it is older than the visibility timeout, checked
+        # on this sweep (kombu's default is every ~100 s).
+        broker_transport_options={
+            **app.conf.broker_transport_options,
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
+        },
         beat_schedule={
             "reconcile": {
                 "task": RECONCILE_TASK,

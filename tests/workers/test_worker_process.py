@@ -1,0 +1,159 @@
+"""Real ``celery worker`` processes against real Redis, S3 and Triton: delivery, crashes,
+shutdown, outages, and the JSON-only rule."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+from kombu import Connection
+
+from inspectq.config import Settings
+from inspectq.jobs import Status
+from inspectq.queue import INSPECT_TASK, QUEUE, enqueue_inspection
+from tests.workers.conftest import (
+    CLOSED_PORT_URL,
+    WorkerProcess,
+    job_status,
+    png,
+    slow_image,
+    strip_with_scratch,
+    submit,
+    wait_for,
+)
+from workers.app import create_app
+from workers.reconcile import reconcile
+from workers.services import Services
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+class TouchFile:
+    """Unpickling this creates a file: proof that a pickled message was executed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return (Path.touch, (self.path,))
+
+
+def _processing_then_inside_triton(services: Services, job_id: str) -> None:
+    wait_for(lambda: job_status(services.jobs, job_id) is Status.PROCESSING, 20, "processing")
+    time.sleep(1.5)  # the fixture model sleeps 4 s on this image: we are mid-inference
+
+
+def test_pickled_message_is_refused_and_the_worker_keeps_working(
+    services: Services, settings: Settings, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    worker = start_worker(settings)
+    marker = tmp_path / "pickle-was-executed"
+    with Connection(settings.effective_broker_url) as connection:
+        connection.Producer().publish(
+            TouchFile(marker), serializer="pickle", routing_key=QUEUE, exchange="",
+            headers={"lang": "py", "task": INSPECT_TASK, "id": str(uuid.uuid4()),
+                     "retries": 0, "argsrepr": "()", "kwargsrepr": "{}"},
+        )
+    job_id = submit(services, png(strip_with_scratch(seed=21)))
+    enqueue_inspection(create_app(settings), job_id)
+    wait_for(lambda: job_status(services.jobs, job_id) is Status.DONE, 30, "job done")
+    assert not marker.exists()
+    assert worker.process.poll() is None
+    assert "application/x-python-serialize" in worker.log()  # refused, and said so
+    assert services.redis.llen(QUEUE) == 0  # the bad message was not left to loop
+
+
+def test_sigkill_mid_inference_is_redelivered_and_completes_once(
+    services: Services, settings: Settings, start_worker: StartWorker
+) -> None:
+    worker = start_worker(settings)
+    job_id = submit(services, png(slow_image(seed=1)))
+    enqueue_inspection(create_app(settings), job_id)
+    _processing_then_inside_triton(services, job_id)
+    [child] = worker.children()
+    os.kill(child, signal.SIGKILL)  # the pool process running the job dies
+    done = wait_for(lambda: services.jobs.get(job_id).status.terminal and
+                    services.jobs.get(job_id), 30, "job to end after redelivery")
+    assert done.status is Status.DONE, done.error
+    assert done.result["decision"] == "PASS"
+    assert int(services.redis.get(f"inspectq:deliveries:{job_id}:0")) == 2
+    assert worker.process.poll() is None
+
+
+def test_whole_worker_killed_then_another_worker_finishes_the_job(
+    services: Services, settings: Settings, start_worker: StartWorker
+) -> None:
+    """The node dies: nobody requeues the message; Redis redelivers it after the
+    visibility timeout, and a fresh worker completes the job."""
+    short = settings.model_copy(update={
+        "task_soft_time_limit_s": 6, "task_time_limit_s": 7, "visibility_timeout_s": 8})
+    first = start_worker(short)
+    job_id = submit(services, png(slow_image(seed=2)))
+    enqueue_inspection(create_app(short), job_id)
+    _processing_then_inside_triton(services, job_id)
+    first.kill()
+    start_worker(short)
+    done = wait_for(lambda: services.jobs.get(job_id).status.terminal and
+                    services.jobs.get(job_id), 40, "job to end on the second worker")
+    assert done.status is Status.DONE, done.error
+
+
+def test_sigterm_hands_the_running_job_back_within_the_grace_period(
+    services: Services, settings: Settings, start_worker: StartWorker
+) -> None:
+    graced = settings.model_copy(update={"worker_shutdown_grace_s": 1.0})
+    worker = start_worker(graced, extra_env={"REMAP_SIGTERM": "SIGQUIT"})
+    job_id = submit(services, png(slow_image(seed=3)))
+    enqueue_inspection(create_app(graced), job_id)
+    _processing_then_inside_triton(services, job_id)
+    stopped_at = time.monotonic()
+    worker.process.send_signal(signal.SIGTERM)
+    worker.process.wait(timeout=15)
+    assert time.monotonic() - stopped_at < 10
+    assert job_status(services.jobs, job_id) is not Status.DONE  # it did not finish...
+    assert services.redis.llen(QUEUE) == 1  # ...it went back to the queue at once
+    start_worker(settings)
+    wait_for(lambda: job_status(services.jobs, job_id) is Status.DONE, 30, "job done")
+
+
+def test_triton_down_job_goes_retrying_then_failed(
+    services: Services, settings: Settings, start_worker: StartWorker
+) -> None:
+    down = settings.model_copy(update={"triton_url": CLOSED_PORT_URL, "max_retries": 2})
+    start_worker(down)
+    job_id = submit(services, png(strip_with_scratch(seed=22)))
+    enqueue_inspection(create_app(down), job_id)
+    retrying = wait_for(lambda: (r := services.jobs.get(job_id)).status is Status.RETRYING
+                        and r, 20, "retrying")
+    assert retrying.retry["reason"] == "triton_unavailable"
+    failed = wait_for(lambda: (r := services.jobs.get(job_id)).status is Status.FAILED and r,
+                      30, "failed")
+    assert failed.error.code == "triton_unavailable" and "2 retries" in failed.error.message
+
+
+def test_redis_flush_is_reconciled_and_the_worker_finishes_the_job(
+    services: Services, settings: Settings, start_worker: StartWorker,
+    redis_client: redis.Redis,
+) -> None:
+    app = create_app(settings)
+    job_id = submit(services, png(strip_with_scratch(seed=23)))
+    enqueue_inspection(app, job_id)
+    redis_client.flushdb()  # the queue and the job record are gone; S3 still knows it
+    assert services.jobs.is_cached(job_id) is False
+
+    report = reconcile(services, app)
+    assert report.requeued == [job_id]
+    assert services.jobs.get(job_id).status is Status.QUEUED  # back in Redis
+    assert reconcile(services, app).requeued == []  # no double enqueue
+    assert redis_client.llen(QUEUE) == 1
+
+    start_worker(settings)
+    wait_for(lambda: job_status(services.jobs, job_id) is Status.DONE, 30, "job done")
+    assert job_id not in services.jobs.pending_job_ids()
+    assert pickle  # (pickle is used above only to build the refused message)
