@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 
 from celery import Celery, Task
+from celery.exceptions import TimeLimitExceeded
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from inspectq.config import Settings
+from inspectq.jobs import JobError, is_job_id
 from inspectq.queue import INSPECT_TASK, make_celery
 from workers.reconcile import reconcile
 from workers.services import Services, build_services
@@ -77,7 +79,24 @@ def create_app(settings: Settings) -> Celery:
     )
     services = ProcessServices(settings)
 
-    @app.task(name=INSPECT_TASK, bind=True, max_retries=settings.max_retries)
+    class InspectTask(Task):  # type: ignore[misc]
+        def on_failure(self, exc: Exception, task_id: str, args: tuple, kwargs: dict,
+                       einfo: object) -> None:
+            """An exception escaped the task, or the hard time limit killed it (Celery
+            calls this in the parent process then): record the failure, so the job does
+            not stay ``processing`` with its message already acked."""
+            job_id = str(args[0]) if args else ""
+            if not is_job_id(job_id):
+                return
+            code = "timeout" if isinstance(exc, TimeLimitExceeded) else "internal_error"
+            try:
+                services.get().jobs.finish(
+                    job_id, error=JobError(code=code, message=f"{type(exc).__name__}: {exc}")
+                )
+            except Exception:
+                log.exception("job %s: could not record its failure (%s)", job_id, code)
+
+    @app.task(name=INSPECT_TASK, bind=True, base=InspectTask, max_retries=settings.max_retries)
     def inspect(task: Task, job_id: str) -> None:
         try:
             inspect_job(services.get(), job_id, retries=task.request.retries)

@@ -11,7 +11,7 @@ S3 (or Redis) unreachable                 retry with backoff, then ``storage_una
 bytes are not a readable image            ``undecodable_image`` at once
 image gone from S3                        ``image_missing`` at once
 Triton answered outside the contract      ``model_contract`` at once
-ran past the soft time limit              ``timeout`` at once
+ran past the soft (or hard) time limit     ``timeout`` at once
 delivered more than ``max_deliveries``    ``poison_message``, dead-lettered
 anything else                             ``internal_error`` with the message
 ========================================  ====================================
@@ -27,7 +27,7 @@ from typing import Any
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from inspectq.jobs import JobError, JobRecord, Status
+from inspectq.jobs import JobError, JobRecord, Status, is_job_id
 from inspectq.storage import StorageUnavailable
 from workers import deadletter
 from workers.alert import notify
@@ -88,6 +88,9 @@ def inspect_job(services: Services, job_id: str, retries: int = 0) -> JobRecord 
     """
     started = time.time()
     settings, jobs = services.settings, services.jobs
+    if not is_job_id(job_id):
+        log.error("message with a malformed job id %r dropped", job_id[:80])
+        return None
     record = jobs.get(job_id)
     if record is None:
         log.error("job %s: no record in Redis or S3; message dropped", job_id)

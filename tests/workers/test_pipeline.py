@@ -171,3 +171,8 @@ def test_duplicate_delivery_keeps_the_first_outcome(services: Services) -> None:
     first = inspect_job(services, job_id)
     again = inspect_job(services, job_id)  # a redelivered message after the job ended
     assert again.result == first.result and again.updated_at == first.updated_at
+
+
+def test_malformed_job_id_is_dropped_without_touching_storage(services: Services) -> None:
+    assert inspect_job(services, "../../etc/passwd") is None
+    assert inspect_job(services, "j_" + "x" * 22) is None  # well-formed but unknown

@@ -155,3 +155,16 @@ def test_redis_flush_is_reconciled_and_the_worker_finishes_the_job(
     start_worker(settings)
     wait_for(lambda: job_status(services.jobs, job_id) is Status.DONE, 30, "job done")
     assert job_id not in services.jobs.pending_job_ids()
+
+
+def test_job_past_its_time_limit_fails_with_timeout(
+    services: Services, settings: Settings, start_worker: StartWorker
+) -> None:
+    hasty = settings.model_copy(update={
+        "task_soft_time_limit_s": 1, "task_time_limit_s": 2, "visibility_timeout_s": 3})
+    start_worker(hasty)
+    job_id = submit(services, png(slow_image(seed=4)))  # the model takes 4 s on it
+    enqueue_inspection(create_app(hasty), job_id)
+    failed = wait_for(lambda: (r := services.jobs.get(job_id)).status.terminal and r, 20,
+                      "job to end")
+    assert failed.status is Status.FAILED and failed.error.code == "timeout"
