@@ -83,6 +83,8 @@ def test_body_just_over_the_byte_limit_is_413(make_app) -> None:
     part_too_big = image_bytes("BMP", (30, 30))  # ~2.8 kB
     assert len(part_too_big) > 2000
     expect_error(submit(client, part_too_big), 413, "image_too_large")
+    # A multipart body past image + form overhead is refused before it is parsed.
+    expect_error(submit(client, b"\0" * 70_000), 413, "payload_too_large")
     # At the limit, the size is fine (the bytes are then judged as an image).
     expect_error(raw(client, b"\0" * 2000), 415, "not_an_image")
 
