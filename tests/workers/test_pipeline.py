@@ -176,3 +176,32 @@ def test_duplicate_delivery_keeps_the_first_outcome(services: Services) -> None:
 def test_malformed_job_id_is_dropped_without_touching_storage(services: Services) -> None:
     assert inspect_job(services, "../../etc/passwd") is None
     assert inspect_job(services, "j_" + "x" * 22) is None  # well-formed but unknown
+
+
+def test_ops_commands_list_replay_and_reconcile(
+    services: Services, redis_client: redis.Redis
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.workers.conftest import settings_env
+
+    env = settings_env(services.settings)
+    job_id = submit(services, png(strip_with_scratch(seed=17)))
+    for _ in range(services.settings.max_deliveries):
+        redis_client.incr(f"inspectq:deliveries:{job_id}:0")
+    inspect_job(services, job_id)
+
+    def run(*args: str) -> list[dict]:
+        done = subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True,
+                              text=True, timeout=60, check=True)
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    [entry] = run("workers.deadletter", "list")
+    assert entry["id"] == job_id and entry["deliveries"] == 4
+    assert run("workers.deadletter", "replay", "--all") == [{"id": job_id, "replayed": True}]
+    redis_client.flushdb()  # the replayed message and the cache are lost...
+    [report] = run("workers.reconcile")
+    assert report["requeued_ids"] == [job_id]  # ...and the reconciler puts the job back
+    assert redis_client.llen(QUEUE) == 1
