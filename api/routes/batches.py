@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from flask import Blueprint, Response, g, jsonify, request
 from kombu.exceptions import OperationalError as BrokerError
@@ -64,12 +65,19 @@ def add_batch_routes(bp: Blueprint, spec: SpecTree) -> None:
             )
         thresholds = resolve_thresholds(svc, form)
         key = idempotency_key()
-        images = [_validated(svc.settings.max_upload_bytes, svc.settings.max_image_pixels,
-                             part, index) for index, part in enumerate(parts)]
-        check_capacity(svc, len(images))
+        limit = svc.settings.max_upload_bytes
+        # Validate all first, keeping only what was learned: a batch may be many times one
+        # image's size, and Werkzeug has the parts spooled to disk, to be re-read one by one.
+        checked = [
+            replace(_validated(limit, svc.settings.max_image_pixels, part, index), data=b"")
+            for index, part in enumerate(parts)
+        ]
+        check_capacity(svc, len(checked))
 
         accepted: list[Accepted] = []
-        for index, image in enumerate(images):
+        for index, (part, meta) in enumerate(zip(parts, checked, strict=True)):
+            part.stream.seek(0)
+            image = replace(meta, data=read_part(part, limit))
             try:
                 accepted.append(
                     accept(
