@@ -106,3 +106,17 @@ def test_rate_limit_per_key_is_429_with_retry_after(
 
 def test_service_is_still_healthy_after_outages(client: FlaskClient) -> None:
     assert client.get("/healthz").json == {"status": "ok"}
+
+
+def test_a_retry_after_a_broker_outage_gets_a_fresh_job(
+    app: Flask, make_app, redis_client: redis.Redis
+) -> None:
+    """The failed attempt released its Idempotency-Key, so the retry is not stuck on the
+    failed job: it is accepted and enqueued."""
+    data = image_bytes()
+    key = {"Idempotency-Key": "retry-me"}
+    broken = make_app(broker_url=closed_port_url("redis") + "/10").test_client()
+    assert submit(broken, data, headers=key).status_code == 503
+    retry = submit(app.test_client(), data, headers=key)
+    assert retry.status_code == 202 and "Idempotent-Replayed" not in retry.headers
+    assert queued_job_ids(redis_client) == [retry.json["id"]]
