@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from flask import Blueprint, Response, g, jsonify, request
 from spectree import Response as Responses
@@ -106,14 +107,14 @@ def add_job_routes(bp: Blueprint, spec: SpecTree) -> None:
     def get_mask(job_id: str) -> Response:
         """The defect mask (PNG) of a done job. 409 `not_ready` while the job has not
         ended; 404 for unknown jobs and for failed jobs, which have no mask."""
-        return _artifact(job_id, keys_for(job_id).mask if is_job_id(job_id) else "")
+        return _artifact(job_id, "mask")
 
     @bp.get("/jobs/<job_id>/overlay")
     @spec.validate(resp=Responses(HTTP_409=ErrorOut, **_ERRORS), tags=["jobs"],
                    security=SECURITY)
     def get_overlay(job_id: str) -> Response:
         """The image with its defects drawn on it (PNG); same rules as the mask."""
-        return _artifact(job_id, keys_for(job_id).overlay if is_job_id(job_id) else "")
+        return _artifact(job_id, "overlay")
 
 
 def _own_job(job_id: str) -> JobRecord:
@@ -126,7 +127,7 @@ def _own_job(job_id: str) -> JobRecord:
     return record
 
 
-def _artifact(job_id: str, key: str) -> Response:
+def _artifact(job_id: str, which: Literal["mask", "overlay"]) -> Response:
     record = _own_job(job_id)
     if not record.status.terminal:
         raise ApiError(
@@ -137,7 +138,8 @@ def _artifact(job_id: str, key: str) -> Response:
         )
     if record.status is Status.FAILED:
         raise ApiError(404, "no_artifact", f"Job {job_id} failed and has no images.")
-    data = services().store.get(key)
+    keys = keys_for(job_id)
+    data = services().store.get(keys.mask if which == "mask" else keys.overlay)
     if data is None:
         raise ApiError(404, "no_artifact", f"Job {job_id} has no such image.")
     return Response(data, mimetype="image/png")
