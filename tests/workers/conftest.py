@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from inspectq.config import Settings
-from inspectq.jobs import ImageRef, JobRecord, JobStore, Status, new_job_id, utc_now
+from inspectq.jobs import PENDING_PREFIX, ImageRef, JobRecord, JobStore, Status, new_job_id, utc_now
 from inspectq.storage import keys_for
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.workers.triton_server import TritonProcess, start_triton
@@ -64,6 +64,8 @@ def redis_client(settings: Settings) -> Iterator[redis.Redis]:
 def services(settings: Settings, redis_client: redis.Redis) -> Iterator[Services]:
     built = build_services(settings)
     built.store.ensure_bucket()
+    for marker in built.store.list_keys(PENDING_PREFIX):  # no leftovers of other tests
+        built.store.delete(marker)
     yield built
     built.model.close()
 
