@@ -1,9 +1,18 @@
-"""Put accepted jobs back on the queue after Redis lost them (flushed, restarted empty).
+"""Put accepted jobs without an outcome back on the queue when their message was lost.
 
-S3 knows every accepted job without an outcome (``pending/<id>`` markers). For each one
-whose Redis record is gone, the reconciler puts the record back in Redis and enqueues the
-job again. A Redis ``SET NX`` guard keeps two reconcilers from enqueueing the same job in
-the same visibility window; a duplicate delivery would be harmless anyway, since
+S3 knows every accepted job without an outcome (``pending/<id>`` markers). The reconciler
+re-enqueues:
+
+* **lost** jobs: Redis no longer holds their record (flushed, restarted empty). The record
+  is put back in Redis from S3 and the job enqueued again;
+* **stale** jobs: Redis holds a ``queued``/``processing``/``retrying`` record that has not
+  changed for longer than a job can legitimately sit still (``visibility_timeout_s`` +
+  ``retry_backoff_max_s``) and no message for it is in the broker (neither the queue nor
+  Celery's ``unacked`` hash). That is a job whose enqueue failed at ingest, or whose
+  message was acked without an outcome being written.
+
+A Redis ``SET NX`` guard keeps two reconcilers from enqueueing the same job in the same
+visibility window; a duplicate delivery would be harmless anyway, since
 ``JobStore.finish`` keeps the first outcome.
 
 Run on demand with ``python -m workers.reconcile``; Celery beat also runs it every
@@ -12,17 +21,20 @@ Run on demand with ``python -m workers.reconcile``; Celery beat also runs it eve
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
+import redis
 from celery import Celery
 
 from inspectq.config import Settings
-from inspectq.jobs import JobError
-from inspectq.queue import enqueue_inspection
+from inspectq.jobs import JobError, JobRecord
+from inspectq.queue import INSPECT_TASK, QUEUE, enqueue_inspection
 
 if TYPE_CHECKING:
     from workers.services import Services
@@ -34,23 +46,60 @@ log = logging.getLogger(__name__)
 class ReconcileReport:
     requeued: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)  # outcome existed; marker cleared
-    live: int = 0  # Redis still knows them: the normal path will finish them
+    live: int = 0  # a message for them is (or may still be) in the broker
 
     def counts(self) -> dict[str, int]:
         return {"requeued": len(self.requeued), "closed": len(self.closed), "live": self.live}
 
 
+def _is_stale(record: JobRecord, now: datetime, stale_after_s: float) -> bool:
+    updated = datetime.fromisoformat(record.updated_at.replace("Z", "+00:00"))
+    return (now - updated).total_seconds() > stale_after_s
+
+
+def job_ids_in_broker(client: redis.Redis) -> set[str]:
+    """Job ids of every inspection message in the broker: queued (the ``inspectq`` list)
+    or delivered and not yet acked, including retries waiting for their countdown (kombu's
+    ``unacked`` hash)."""
+    envelopes: list[dict[str, Any]] = [json.loads(raw) for raw in client.lrange(QUEUE, 0, -1)]
+    envelopes += [json.loads(raw)[0] for raw in client.hvals("unacked")]
+    found: set[str] = set()
+    for envelope in envelopes:
+        if envelope.get("headers", {}).get("task") != INSPECT_TASK:
+            continue
+        body = envelope.get("body", "")
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        try:
+            args = json.loads(body)[0]
+        except (ValueError, IndexError, TypeError):
+            continue
+        if args and isinstance(args[0], str):
+            found.add(args[0])
+    return found
+
+
 def reconcile(services: Services, app: Celery) -> ReconcileReport:
     report = ReconcileReport()
     jobs = services.jobs
+    now = datetime.now(UTC)
+    stale_after_s = services.settings.visibility_timeout_s + services.settings.retry_backoff_max_s
+    in_broker: set[str] | None = None  # read once, and only if some job looks stale
     for job_id in jobs.pending_job_ids():
-        if jobs.is_cached(job_id):
-            report.live += 1
-            continue
-        record = jobs.get(job_id)  # reads S3 and puts the record back in Redis
+        cached = jobs.is_cached(job_id)
+        record = jobs.get(job_id)  # when not cached: reads S3 and puts it back in Redis
         if record is None:
             log.error("pending marker for %s but no job record in S3", job_id)
             continue
+        if cached and not record.status.terminal:
+            if not _is_stale(record, now, stale_after_s):
+                report.live += 1
+                continue
+            if in_broker is None:
+                in_broker = job_ids_in_broker(services.redis)
+            if job_id in in_broker:
+                report.live += 1
+                continue
         if record.status.terminal:
             # The outcome was written but the process died before clearing the marker.
             # finish() keeps that first outcome and clears the marker.

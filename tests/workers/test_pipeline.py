@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 from pydantic import SecretStr
 
 from inspectq.jobs import Status
-from inspectq.queue import QUEUE
+from inspectq.queue import QUEUE, enqueue_inspection
 from inspectq.storage import keys_for
 from tests.workers.conftest import (
     CLOSED_PORT_URL,
@@ -205,3 +205,26 @@ def test_ops_commands_list_replay_and_reconcile(
     [report] = run("workers.reconcile")
     assert report["requeued_ids"] == [job_id]  # ...and the reconciler puts the job back
     assert redis_client.llen(QUEUE) == 1
+
+
+def test_reconciler_requeues_stale_jobs_whose_message_is_gone(
+    services: Services, redis_client: redis.Redis
+) -> None:
+    """An ingest that recorded a job but failed to enqueue it leaves a `queued` record in
+    Redis and no message: once it is older than any legitimate wait, it is requeued."""
+    from workers.reconcile import reconcile
+
+    app = create_app(services.settings)
+    lost, waiting, fresh = (submit(services, png(strip_with_scratch(seed=s)))
+                            for s in (41, 42, 43))
+    enqueue_inspection(app, waiting)
+    for job_id in (lost, waiting):  # age both records past the stale limit
+        aged = services.jobs.get(job_id).model_copy(update={"updated_at": "2020-01-01T00:00:00Z"})
+        redis_client.set(f"inspectq:job:{job_id}", aged.to_json())
+    report = reconcile(services, app)
+    assert report.requeued == [lost] and report.live == 2  # waiting: in the queue; fresh
+    assert reconcile(services, app).requeued == []  # now in the queue, and guarded
+    from workers.reconcile import job_ids_in_broker
+
+    assert job_ids_in_broker(redis_client) == {lost, waiting}
+    assert fresh not in report.requeued
