@@ -13,6 +13,7 @@ whether or not masks exist, and it needs no second head.
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -43,12 +44,12 @@ class UNet(nn.Module):
                                   conv_bn_relu(widths[0], widths[0]))
         self.down = nn.ModuleList(
             nn.Sequential(conv_bn_relu(a, b, 2), conv_bn_relu(b, b))
-            for a, b in zip(widths[:-1], widths[1:])
+            for a, b in pairwise(widths)
         )
         # Decoder blocks, deepest first: block j merges the upsampled map with skip -2-j.
         self.up = nn.ModuleList(
             nn.Sequential(conv_bn_relu(b + a, a), conv_bn_relu(a, a))
-            for a, b in reversed(list(zip(widths[:-1], widths[1:])))
+            for a, b in reversed(list(pairwise(widths)))
         )
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
@@ -122,7 +123,8 @@ class InspectqSeg(nn.Module):
         logits = self.backbone(x)
         background = logits[:, :1]
         any_defect = torch.logsumexp(logits[:, 1:], 1, keepdim=True) - background
-        image_logit = self.score_scale * smooth_max(any_defect, self.pool_sharpness)[:, 0] + self.score_bias
+        pooled = smooth_max(any_defect, self.pool_sharpness)[:, 0]
+        image_logit = self.score_scale * pooled + self.score_bias
         presence = smooth_max(logits[:, 1:] - background, self.pool_sharpness)
         return logits, image_logit, presence
 
