@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from celery import Celery, Task
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import worker_process_init, worker_process_shutdown
+from kombu.exceptions import OperationalError
 
 from inspectq.config import Settings
 from inspectq.jobs import JobError, is_job_id
 from inspectq.queue import INSPECT_TASK, make_celery
+from inspectq.storage import StorageUnavailable
 from workers.reconcile import reconcile
 from workers.services import Services, build_services
 from workers.tasks import RetryLater, inspect_job
@@ -29,6 +32,9 @@ from workers.tasks import RetryLater, inspect_job
 log = logging.getLogger(__name__)
 
 RECONCILE_TASK = "inspectq.reconcile"
+
+#: Errors that mean a shared service is unreachable, not that the job is bad.
+_OUTAGES = (redis.ConnectionError, redis.TimeoutError, OperationalError, StorageUnavailable)
 
 
 class ProcessServices:
@@ -87,6 +93,11 @@ def create_app(settings: Settings) -> Celery:
             not stay ``processing`` with its message already acked."""
             job_id = str(args[0]) if args else ""
             if not is_job_id(job_id):
+                return
+            if isinstance(exc, _OUTAGES):
+                # Redis (the broker too) or S3 is down: the message was not acked, so it is
+                # redelivered once they are back. Failing the job now would be wrong.
+                log.warning("job %s: %s; left for redelivery", job_id, exc)
                 return
             code = "timeout" if isinstance(exc, TimeLimitExceeded) else "internal_error"
             try:

@@ -141,7 +141,8 @@ class WorkerProcess:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-O", "fair",
+            [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-Q", "inspectq",
+             "-O", "fair",
              "--concurrency", str(concurrency), "--pool", "prefork", "-l", "INFO",
              "--without-gossip", "--without-mingle", "--without-heartbeat",
              "-n", f"test-{time.monotonic_ns()}@%h"],

@@ -228,3 +228,22 @@ def test_reconciler_requeues_stale_jobs_whose_message_is_gone(
 
     assert job_ids_in_broker(redis_client) == {lost, waiting}
     assert fresh not in report.requeued
+
+
+def test_hard_time_limit_records_timeout_but_outages_wait_for_redelivery(
+    services: Services,
+) -> None:
+    """Celery calls the task's on_failure in the parent process when the hard time limit
+    kills a child; the job must end `failed`, not stay `processing` with its message acked."""
+    from celery.exceptions import TimeLimitExceeded
+
+    from inspectq.queue import INSPECT_TASK
+
+    task = create_app(services.settings).tasks[INSPECT_TASK]
+    outage_id = submit(services, png(strip_with_scratch(seed=51)))
+    task.on_failure(redis.ConnectionError("down"), "t1", (outage_id,), {}, None)
+    assert services.jobs.get(outage_id).status is Status.QUEUED
+    killed_id = submit(services, png(strip_with_scratch(seed=52)))
+    task.on_failure(TimeLimitExceeded(150), "t2", (killed_id,), {}, None)
+    final = services.jobs.get(killed_id)
+    assert final.status is Status.FAILED and final.error.code == "timeout"
