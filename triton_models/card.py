@@ -88,12 +88,12 @@ def render_markdown(card: dict[str, Any]) -> str:
     if "metrics" in card:
         lines += ["", "## Held-out metrics", "", *_metrics_md(card["metrics"])]
     if "label_only" in card:
+        # The card of a model trained on the same data with the masks hidden (--label-only).
         lo = card["label_only"]
         lines += ["", "## Image-label-only mode (no ground_truth/)", "",
-                  f"    {lo.get('command', '')}", ""]
-        lines += _metrics_md(lo["metrics"])
-        if "training_seconds" in lo:
-            lines.append(f"- training time: {lo['training_seconds']} s")
+                  f"    {lo['training']['command']}", "", *_metrics_md(lo["metrics"]),
+                  f"- training time: {lo['training']['training_seconds']} s",
+                  f"- its sha256 (not shipped): `{lo['sha256']}`"]
     if "architecture_comparison" in card:
         comp = card["architecture_comparison"]
         lines += ["", "## Architecture comparison", "", comp.get("protocol", ""), ""]

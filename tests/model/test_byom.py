@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -59,9 +61,11 @@ class OutOfRange(torch.nn.Module):
 class BatchLeak(torch.nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n = images.shape[0]
-        score = images.float().mean().expand(n, 1) / 255  # depends on the other images
+        # Shares the score out over the batch: alone an image scores 1, with a neighbour ~0.5.
+        brightness = images.float().mean((1, 2, 3)).unsqueeze(1)
+        score = brightness / brightness.sum()
         return (torch.zeros(n, 256, 256, dtype=torch.uint8),
-                torch.zeros(n, 256, 256, dtype=torch.float16), score.contiguous())
+                torch.zeros(n, 256, 256, dtype=torch.float16), score)
 
 
 def scripted(module: torch.nn.Module, path: Path) -> Path:
@@ -142,6 +146,11 @@ def test_tampered_served_file_is_caught_by_verify_and_serve(repos_copy: Reposito
         byom.verify(repos_copy)
     with pytest.raises(ModelFileError, match="sha256 mismatch"):
         serve.check_repository(repos_copy.cpu)
+    refused_start = subprocess.run(
+        [sys.executable, "-m", "triton_models.serve", "--repository", str(repos_copy.cpu)],
+        capture_output=True, text=True, timeout=60)
+    assert refused_start.returncode == 2
+    assert f"{served_file}: sha256 mismatch" in refused_start.stderr
     served_file.unlink()
     with pytest.raises(ModelFileError, match="model file is missing"):
         serve.check_repository(repos_copy.cpu)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from triton_models import byom, card, mvtec, synth, train
 from triton_models.verify import sha256_of
@@ -85,3 +86,12 @@ def test_trainer_with_masks_and_label_only(tmp_path: Path) -> None:
 def test_reader_names_missing_layout(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         mvtec.load(tmp_path)
+
+
+def test_training_is_reproducible_from_the_seed(tmp_path: Path) -> None:
+    synth.generate(tmp_path / "d", count=12, seed=3)
+    data = mvtec.load(tmp_path / "d", list(synth.DEFECT_CLASSES))
+    first, _ = train.train(data, "unet-s2", steps=3, batch=4, crop=96, lr=1e-3, seed=5)
+    second, _ = train.train(data, "unet-s2", steps=3, batch=4, crop=96, lr=1e-3, seed=5)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
