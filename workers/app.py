@@ -107,14 +107,15 @@ def create_app(settings: Settings) -> Celery:
             except Exception:
                 log.exception("job %s: could not record its failure (%s)", job_id, code)
 
-    @app.task(name=INSPECT_TASK, bind=True, base=InspectTask, max_retries=settings.max_retries)
+    @app.task(name=INSPECT_TASK, bind=True, base=InspectTask, shared=False,
+              max_retries=settings.max_retries)
     def inspect(task: Task, job_id: str) -> None:
         try:
             inspect_job(services.get(), job_id, retries=task.request.retries)
         except RetryLater as later:
             raise task.retry(countdown=later.countdown_s) from later
 
-    @app.task(name=RECONCILE_TASK)
+    @app.task(name=RECONCILE_TASK, shared=False)
     def reconcile_task() -> dict[str, int]:
         return reconcile(services.get(), app).counts()
 

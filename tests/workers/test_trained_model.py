@@ -18,6 +18,7 @@ import pytest
 from devstack.ports import http_ok, wait_until
 from inspectq.jobs import Status
 from tests.workers.conftest import png, submit
+from triton_models.synth import render
 from workers.services import Services, build_services
 from workers.tasks import inspect_job
 
@@ -53,19 +54,41 @@ def trained_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process.wait(timeout=30)
 
 
-def test_trained_model_inspects_a_steel_strip(services: Services, trained_triton: str) -> None:
+def _strip(defective: bool) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A 1600x256 strip of one synthetic surface (the model engineer's seeded generator),
+    mirrored tile to tile so it has no seams; optionally the third 256 px panel carries a
+    scratch. Returns the strip and the scratch's ground-truth box in strip pixels."""
+    good, _ = render(5, 0, None)
+    scratched, mask = render(5, 0, "scratch")  # same surface, same seed
+    mirrored = good[:, ::-1]
+    middle = scratched if defective else good
+    strip = np.concatenate([good, mirrored, middle, mirrored, good, mirrored, good], axis=1)
+    ys, xs = np.nonzero(mask)
+    return strip[:, :1600].copy(), (int(xs.min()) + 512, int(ys.min()), int(xs.max()) + 513,
+                                    int(ys.max()) + 1)
+
+
+def _overlaps(a: list[int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def test_trained_model_passes_a_clean_strip_and_finds_the_scratch(
+    services: Services, trained_triton: str
+) -> None:
     real = build_services(services.settings.model_copy(update={"triton_url": trained_triton}))
-    rng = np.random.default_rng(5)
-    strip = rng.normal(120, 6, (256, 1600, 3)).clip(0, 255).astype(np.uint8)
-    strip[100:104, 200:900] = 30  # a long dark scratch-like line
-    final = inspect_job(real, submit(services, png(strip)))
+    clean, _ = _strip(defective=False)
+    passed = inspect_job(real, submit(services, png(clean)))
+    assert passed is not None and passed.status is Status.DONE, passed.error
+    assert passed.result["decision"] == "PASS" and passed.result["defects"] == []
+
+    scratched, truth = _strip(defective=True)
+    final = inspect_job(real, submit(services, png(scratched)))
     assert final is not None and final.status is Status.DONE, final.error
     result = final.result
-    assert result["decision"] in ("PASS", "REVIEW", "REJECT")
-    assert 0.0 <= result["score"] <= 1.0
+    assert result["decision"] == "REJECT" and (result["width"], result["height"]) == (1600, 256)
+    top = result["defects"][0]  # regions come sorted by score
+    assert top["class"] == "scratch" and _overlaps(top["bbox"], truth)
+    assert all(d["bbox"][0] >= 512 and d["bbox"][2] <= 768 for d in result["defects"]
+               if d["score"] > 0.9)  # confident regions lie on the scratched panel
     model_file = GPU_MODEL / result["model"]["version"] / "model.pt"
     assert result["model"]["sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
-    for defect in result["defects"]:
-        x0, y0, x1, y1 = defect["bbox"]
-        assert 0 <= x0 < x1 <= 1600 and 0 <= y0 < y1 <= 256
-        assert defect["area_px"] >= services.settings.min_region_px
