@@ -167,12 +167,9 @@ class WorkerProcess:
             self.process.wait()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """Test teardown: SIGKILL (each test flushes Redis, so nothing carries over) saves
+        the seconds of Celery's warm shutdown per worker."""
+        self.kill()
         self._log.close()
 
 

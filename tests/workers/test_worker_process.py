@@ -45,7 +45,7 @@ class TouchFile:
 
 def _processing_then_inside_triton(services: Services, job_id: str) -> None:
     wait_for(lambda: job_status(services.jobs, job_id) is Status.PROCESSING, 20, "processing")
-    time.sleep(1.5)  # the fixture model sleeps 4 s on this image: we are mid-inference
+    time.sleep(1.0)  # the fixture model sleeps 3 s on this image: we are mid-inference
 
 
 def test_pickled_message_is_refused_and_the_worker_keeps_working(
@@ -163,7 +163,7 @@ def test_job_past_its_time_limit_fails_with_timeout(
     hasty = settings.model_copy(update={
         "task_soft_time_limit_s": 1, "task_time_limit_s": 2, "visibility_timeout_s": 3})
     start_worker(hasty)
-    job_id = submit(services, png(slow_image(seed=4)))  # the model takes 4 s on it
+    job_id = submit(services, png(slow_image(seed=4)))  # the model takes 3 s on it
     enqueue_inspection(create_app(hasty), job_id)
     failed = wait_for(lambda: (r := services.jobs.get(job_id)).status.terminal and r, 20,
                       "job to end")

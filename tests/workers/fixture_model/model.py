@@ -13,7 +13,7 @@ import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-SLOW_S = 4.0
+SLOW_S = 3.0
 
 
 class TritonPythonModel:
