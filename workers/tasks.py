@@ -103,7 +103,7 @@ def inspect_job(services: Services, job_id: str, retries: int = 0) -> JobRecord 
         return deadletter.dead_letter(services, record, deliveries)
     jobs.update(job_id, status=Status.PROCESSING, retry=None)
     try:
-        result = _run_stages(services, record, started)
+        final = record_result(jobs, job_id, _run_stages(services, record, started))
     except (TritonUnavailable, StorageUnavailable, redis.ConnectionError,
             redis.TimeoutError) as error:
         code = "triton_unavailable" if isinstance(error, TritonUnavailable) else (
@@ -130,7 +130,6 @@ def inspect_job(services: Services, job_id: str, retries: int = 0) -> JobRecord 
     except Exception as error:
         log.exception("job %s: unexpected error", job_id)
         return _fail(services, job_id, "internal_error", f"{type(error).__name__}: {error}")
-    final = record_result(jobs, job_id, result)
     _observe_for_alerts(services, final)
     return final
 
