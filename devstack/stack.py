@@ -26,7 +26,7 @@ from inspectq.storage import ObjectStore
 
 REPO = Path(__file__).resolve().parent.parent
 #: Start order; ``down`` stops in reverse.
-ORDER = ("redis", "s3", "triton", "worker", "api")
+ORDER = ("redis", "s3", "triton", "worker", "beat", "api")
 
 
 @dataclass(frozen=True)
@@ -164,9 +164,21 @@ def services(config: StackConfig) -> dict[str, procs.Service]:
                   "--loglevel", "INFO", "--hostname", "inspectq-local@%h"],
             ready=_worker_ready(config),
             cwd=REPO,
-            env=app_env,
+            # SIGTERM: wait INSPECTQ_WORKER_SHUTDOWN_GRACE_S for the running job, then hand
+            # its message back to the queue (Celery's soft shutdown).
+            env={**app_env, "REMAP_SIGTERM": "SIGQUIT"},
             ready_timeout_s=90,
-            stop_timeout_s=60,
+            stop_timeout_s=settings.worker_shutdown_grace_s + 15,
+        ),
+        # The periodic reconciler (re-enqueues accepted jobs whose messages were lost).
+        "beat": procs.Service(
+            name="beat",
+            argv=[_bin("celery"), "-A", "workers.main", "beat", "--loglevel", "INFO",
+                  "--schedule", str(config.var_dir / "run" / "celerybeat-schedule")],
+            ready=lambda: True,
+            cwd=REPO,
+            env=app_env,
+            ready_timeout_s=10,
         ),
         "api": procs.Service(
             name="api",
