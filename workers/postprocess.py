@@ -82,26 +82,29 @@ def find_regions(
     classes: tuple[str, ...],
     min_region_px: int,
 ) -> list[Region]:
-    """Connected components (8-connected) of each defect class, largest score first.
+    """Connected components (8-connected) of the defect mask, most confident first.
 
-    Regions smaller than ``min_region_px`` are noise and dropped. A region's score is the
-    highest ``defect_prob`` inside it.
+    A region is one connected defect, whatever mix of classes its pixels got: it takes the
+    class most of its pixels have. Thin cracks otherwise break into a crack and several
+    "scratch" fragments where the per-pixel class wavers. Regions smaller than
+    ``min_region_px`` are noise and dropped. A region's score is the mean ``defect_prob``
+    over its pixels.
     """
     height, width = class_map.shape
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        (class_map > 0).astype(np.uint8), connectivity=8
+    )
     regions: list[Region] = []
-    for index in range(1, len(classes)):
-        mask = (class_map == index).astype(np.uint8)
-        if not mask.any():
+    for label in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[label])
+        if area < min_region_px:
             continue
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        for label in range(1, count):
-            x, y, w, h, area = (int(v) for v in stats[label])
-            if area < min_region_px:
-                continue
-            inside = labels[y:y + h, x:x + w] == label
-            score = float(defect_prob[y:y + h, x:x + w][inside].max())
-            regions.append(Region(classes[index], score, (x, y, x + w, y + h), area,
-                                  area / (height * width)))
+        inside = labels[y:y + h, x:x + w] == label
+        votes = np.bincount(class_map[y:y + h, x:x + w][inside], minlength=len(classes))
+        votes[0] = 0
+        score = float(defect_prob[y:y + h, x:x + w][inside].mean())
+        regions.append(Region(classes[int(votes.argmax())], score, (x, y, x + w, y + h), area,
+                              area / (height * width)))
     regions.sort(key=lambda region: (-region.score, region.bbox))
     return regions
 

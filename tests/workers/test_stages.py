@@ -141,6 +141,20 @@ def test_regions_of_drawn_blobs_in_original_pixels() -> None:
     assert scratch.to_json()["bbox"] == [1500, 10, 1540, 30]
 
 
+def test_a_connected_defect_is_one_region_of_its_majority_class() -> None:
+    """A pit whose rim the model half-labelled as scratch stays one pit, scored by its mean."""
+    class_map = np.zeros((64, 64), np.uint8)
+    prob = np.zeros((64, 64), np.float32)
+    class_map[10:30, 10:30] = 2  # 400 px of pit
+    class_map[10:30, 30:34] = 1  # an 80 px scratch-labelled fringe touching it
+    prob[10:30, 10:30] = 0.9
+    prob[10:30, 30:34] = 0.4
+    (region,) = find_regions(class_map, prob, CLASSES, min_region_px=12)
+    assert region.class_name == "pit"
+    assert region.bbox == (10, 10, 34, 30) and region.area_px == 480
+    assert region.score == pytest.approx((400 * 0.9 + 80 * 0.4) / 480)
+
+
 def test_image_score_is_the_worst_tile() -> None:
     assert image_score(np.array([0.1, 0.93, 0.2], np.float32)) == pytest.approx(0.93)
 
