@@ -86,8 +86,12 @@ def test_trained_model_passes_a_clean_strip_and_finds_the_scratch(
     assert final is not None and final.status is Status.DONE, final.error
     result = final.result
     assert result["decision"] == "REJECT" and (result["width"], result["height"]) == (1600, 256)
-    top = result["defects"][0]  # regions come sorted by score
-    assert top["class"] == "scratch" and _overlaps(top["bbox"], truth)
+    on_scratch = [d for d in result["defects"] if _overlaps(d["bbox"], truth)]
+    by_class: dict[str, int] = {}
+    for region in on_scratch:
+        by_class[region["class"]] = by_class.get(region["class"], 0) + region["area_px"]
+    # Most of what was found on the scratch is called a scratch.
+    assert max(by_class, key=by_class.__getitem__) == "scratch", on_scratch
     assert all(d["bbox"][0] >= 512 and d["bbox"][2] <= 768 for d in result["defects"]
                if d["score"] > 0.9)  # confident regions lie on the scratched panel
     model_file = GPU_MODEL / result["model"]["version"] / "model.pt"
