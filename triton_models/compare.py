@@ -2,10 +2,11 @@
 
     python -m triton_models.compare TRAIN HELDOUT --seconds 120 --json comparison.json
 
-Each architecture's step time is measured first; it then trains for the number of steps
-that fits in `--seconds` (one-cycle schedule over exactly those steps, so each run anneals
-fully), is exported to TorchScript, evaluated on the held-out set, and timed in-process at
-batch 8 (256x256). Accuracy and speed together decide which architecture ships.
+Each architecture's step time (batch preparation included) is measured first; it then
+trains for the number of steps that fits in `--seconds` (one-cycle schedule over exactly
+those steps, so each run anneals fully), is exported to TorchScript, evaluated on the
+held-out set, and timed in-process at batch 8 (256x256). Accuracy and speed together decide
+which architecture ships.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ def step_seconds(data: mvtec.Dataset, arch: str, batch: int, crop: int) -> float
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     times = []
     for _ in range(8):
+        start = time.perf_counter()
         images, masks, labels = make_batch(data, rng.integers(0, len(data.labels), batch),
                                            crop, rng)
-        start = time.perf_counter()
         loss = loss_fn(model, images, masks, labels, len(data.classes))
         optimizer.zero_grad()
         loss.backward()

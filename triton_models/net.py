@@ -5,9 +5,13 @@ class logits (N,C,H,W) and adds what the model contract needs: uint8 input norma
 inside, and compact outputs (uint8 class map, fp16 defect probability, fp32 image score).
 
 The image score is a pooled view of the segmentation itself: a smooth maximum (log-mean-exp
-with sharpness `POOL_SHARPNESS`) of the per-pixel defect logit, passed through a learned
-affine map and a sigmoid. Trained with the image label, it is a calibrated probability
-whether or not masks exist, and it needs no second head.
+with a sharpness r) of the per-pixel defect logit, passed through a learned affine map and a
+sigmoid. Trained with the image label, it is a calibrated probability whether or not masks
+exist, and it needs no second head. With masks r = `POOL_SHARPNESS` (near a mean of the top
+pixels). From image labels alone the map is first averaged over `LABEL_ONLY_CELL`-pixel
+cells and r = `LABEL_ONLY_SHARPNESS`, closer to a max: the image label's gradient lands on
+the few most suspicious regions instead of spreading over all 65,536 pixels, and the class
+map becomes a coarse heatmap of those regions.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 POOL_SHARPNESS = 2.0
+LABEL_ONLY_SHARPNESS = 10.0
+LABEL_ONLY_CELL = 8
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 
@@ -106,12 +112,14 @@ def smooth_max(z: Tensor, sharpness: float) -> Tensor:
 class InspectqSeg(nn.Module):
     """The deployable model: uint8 images in, the contract's three outputs out."""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, pool_sharpness: float = POOL_SHARPNESS,
+                 pool_cell: int = 1) -> None:
         super().__init__()
         self.backbone = backbone
         self.score_scale = nn.Parameter(torch.tensor(1.0))
         self.score_bias = nn.Parameter(torch.tensor(0.0))
-        self.pool_sharpness = POOL_SHARPNESS
+        self.pool_sharpness = pool_sharpness
+        self.pool_cell = pool_cell
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
 
@@ -123,9 +131,13 @@ class InspectqSeg(nn.Module):
         logits = self.backbone(x)
         background = logits[:, :1]
         any_defect = torch.logsumexp(logits[:, 1:], 1, keepdim=True) - background
+        per_class = logits[:, 1:] - background
+        if self.pool_cell > 1:
+            any_defect = F.avg_pool2d(any_defect, self.pool_cell)
+            per_class = F.avg_pool2d(per_class, self.pool_cell)
         pooled = smooth_max(any_defect, self.pool_sharpness)[:, 0]
         image_logit = self.score_scale * pooled + self.score_bias
-        presence = smooth_max(logits[:, 1:] - background, self.pool_sharpness)
+        presence = smooth_max(per_class, self.pool_sharpness)
         return logits, image_logit, presence
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -32,7 +32,14 @@ from tqdm import tqdm
 
 from triton_models import card, metrics, mvtec
 from triton_models.export import export, gflops_per_image
-from triton_models.net import ARCHITECTURES, InspectqSeg, build_backbone
+from triton_models.net import (
+    ARCHITECTURES,
+    LABEL_ONLY_CELL,
+    LABEL_ONLY_SHARPNESS,
+    POOL_SHARPNESS,
+    InspectqSeg,
+    build_backbone,
+)
 from triton_models.verify import sha256_of
 
 MODEL_NAME = "inspectq_seg"
@@ -95,8 +102,15 @@ def loss_fn(model: InspectqSeg, images: Tensor, masks: Tensor | None, labels: Te
     logits, image_logit, presence = model.heads(model.normalize(images))
     image_loss = F.binary_cross_entropy_with_logits(image_logit, (labels > 0).float())
     if masks is None:
+        # Image labels only. A good image still labels every one of its pixels (background);
+        # defective ones only say "somewhere", through the pooled maps.
         onehot = F.one_hot(labels, num_classes)[:, 1:].float()
-        return image_loss + F.binary_cross_entropy_with_logits(presence, onehot)
+        loss = image_loss + F.binary_cross_entropy_with_logits(presence, onehot)
+        good = labels == 0
+        if good.any():
+            background = torch.zeros_like(logits[good][:, 0], dtype=torch.long)
+            loss = loss + F.cross_entropy(logits[good], background)
+        return loss
     weight = torch.ones(num_classes)
     weight[1:] = 3.0
     ce = F.cross_entropy(logits, masks, weight=weight)
@@ -115,7 +129,11 @@ def train(data: mvtec.Dataset, arch: str, steps: int, batch: int, crop: int, lr:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     num_classes = len(data.classes)
-    model = InspectqSeg(build_backbone(arch, num_classes))
+    backbone = build_backbone(arch, num_classes)
+    if data.masks is None:
+        model = InspectqSeg(backbone, LABEL_ONLY_SHARPNESS, LABEL_ONLY_CELL)
+    else:
+        model = InspectqSeg(backbone, POOL_SHARPNESS)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps,
                                                    pct_start=0.1)
