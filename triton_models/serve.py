@@ -1,12 +1,13 @@
 """Run the real CPU Triton server (from the nvidia-pytriton wheel) in the foreground.
 
-    .venv-model/bin/python -m triton_models.serve [--repository DIR] [--http-port 8000]
-        [--grpc-port 8001] [--metrics-port 8002]
+    .venv-model/bin/python -m triton_models.serve [--repository DIR] [--address 127.0.0.1]
+        [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
 
 Before starting it checks every served model file against its config's `sha256_v<N>` and
 exits with status 2 and a message naming the file if one is missing, truncated or altered.
 It then replaces itself with `tritonserver` (exec), so the PID a supervisor holds is the
-server's and SIGTERM stops it (about 4 s). It binds 127.0.0.1 only. Ready when
+server's and SIGTERM stops it (about 4 s). It binds 127.0.0.1 unless `--address` says
+otherwise (a container needs 0.0.0.0). Ready when
 `GET http://127.0.0.1:<http-port>/v2/health/ready` answers 200 (see `wait_ready`).
 """
 
@@ -78,14 +79,14 @@ def check_repository(repository: Path) -> None:
 
 
 def server_command(repository: Path, http: int, grpc: int, metrics: int,
-                   backend_dir: Path) -> list[str]:
+                   backend_dir: Path, address: str = "127.0.0.1") -> list[str]:
     return [
         str(pytriton_server_dir() / "bin" / "tritonserver"),
         f"--model-repository={repository}",
         f"--backend-directory={backend_dir}",
-        "--http-address=127.0.0.1", f"--http-port={http}",
-        "--grpc-address=127.0.0.1", f"--grpc-port={grpc}",
-        "--metrics-address=127.0.0.1", f"--metrics-port={metrics}",
+        f"--http-address={address}", f"--http-port={http}",
+        f"--grpc-address={address}", f"--grpc-port={grpc}",
+        f"--metrics-address={address}", f"--metrics-port={metrics}",
         "--pinned-memory-pool-byte-size=0",
         "--allow-gpu-metrics=false",
         "--backend-config=python,shm-default-byte-size=33554432",
@@ -120,6 +121,8 @@ def wait_ready(http_port: int = 8000, timeout: float = 120.0) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=CPU_REPOSITORY)
+    parser.add_argument("--address", default="127.0.0.1",
+                        help="address every endpoint binds (0.0.0.0 inside a container)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"inspectq serve: refusing to start: {error}", file=sys.stderr)
         sys.exit(2)
     command = server_command(repository, args.http_port, args.grpc_port, args.metrics_port,
-                             build_backend_dir(args.backend_dir))
+                             build_backend_dir(args.backend_dir), args.address)
     sys.stdout.flush()
     os.execve(command[0], command, server_env())
 
