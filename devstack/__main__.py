@@ -90,7 +90,7 @@ def demo_command(out: Path) -> None:
 
 
 @cli.command("bench")
-@click.option("--images", default=300, show_default=True, help="Images per phase.")
+@click.option("--images", default=300, show_default=True, help="Images through the API.")
 @click.option("--clients", default=8, show_default=True, help="Concurrent API clients.")
 @click.option("--triton-clients", default=4, show_default=True,
               help="Concurrent clients of Triton alone.")
@@ -98,14 +98,12 @@ def bench_command(images: int, clients: int, triton_clients: int) -> None:
     """Model, Triton and end-to-end throughput, side by side in one run."""
     config = _config()
     up(config)
-    click.echo("in-process model benchmark (model env) ...")
-    model_line = bench.in_process(config)
-    warm = bench.bench_images(images + 16)
-    bench.end_to_end(config, warm[images:], clients)  # warm-up: worker processes, Triton
-    triton = bench.triton_alone(config, warm[:images], triton_clients)
-    fresh = bench.bench_images(images, start=images + 16)  # not seen by the phases above
-    e2e, timings = bench.end_to_end(config, fresh, clients)
-    text = bench.report(triton, e2e, timings, model_line)
+    pictures = bench.bench_images(images + 16)
+    bench.end_to_end(config, pictures[images:], clients)  # warm-up: worker processes, Triton
+    click.echo("model in-process and Triton alone (model env) ...")
+    model = bench.model_and_triton(config, triton_clients, seconds=15)
+    e2e, timings = bench.end_to_end(config, pictures[:images], clients)
+    text = bench.report(model, e2e, timings)
     click.echo(text)
     (config.var_dir / "bench.txt").write_text(text + "\n")
 

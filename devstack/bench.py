@@ -1,22 +1,20 @@
-"""Throughput, side by side in one run: Triton alone, then the whole pipeline through the API.
-
-Both phases use the same 256x256 images (one tile each), so ``end-to-end / Triton`` says
-how much of Triton's capacity the pipeline delivers to users. The per-stage split comes from
+"""Throughput, side by side in one run: the model in-process, Triton alone, then the whole
+pipeline through the API, all on 256x256 images (one tile each), so ``end-to-end / Triton``
+says how much of Triton's capacity the pipeline delivers to users. The per-stage split comes from
 the ``timings`` each job reports.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
 import statistics
 import subprocess
-import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
-import tritonclient.grpc as grpcclient
 from tqdm import tqdm
 
 from devstack.client import InspectqClient
@@ -24,7 +22,6 @@ from devstack.samples import Sample
 from devstack.stack import REPO, StackConfig
 from triton_models.synth import render
 
-BENCH_SEED = 31337
 STAGES = ("ingest_ms", "queue_wait_ms", "s3_get_ms", "preprocess_ms", "triton_ms",
           "postprocess_ms", "record_ms", "total_ms")
 
@@ -40,52 +37,30 @@ class Phase:
         return self.images / self.seconds
 
 
-def bench_images(count: int, start: int = 0) -> list[Sample]:
-    """Distinct images (a third clean), so the result cache never short-cuts inference."""
+def bench_images(count: int) -> list[Sample]:
+    """Images never sent before (a fresh seed each run, a third of them clean), so the
+    result cache, which keys on the image bytes, never short-cuts inference."""
+    seed = secrets.randbits(31)
     kinds = (None, "scratch", "pit", None, "crack", "stain")
     out = []
-    for index in tqdm(range(start, start + count), desc="drawing images", unit="img",
-                      leave=False):
+    for index in tqdm(range(count), desc="drawing images", unit="img", leave=False):
         kind = kinds[index % len(kinds)]
-        out.append(Sample(f"b{index}", render(BENCH_SEED, index, kind)[0], kind, None))
+        out.append(Sample(f"b{index}", render(seed, index, kind)[0], kind, None))
     return out
 
 
-def in_process(config: StackConfig) -> str:
-    """The model engineer's in-process TorchScript benchmark, in the model env (torch)."""
+def model_and_triton(config: StackConfig, clients: int, seconds: float) -> dict[str, Any]:
+    """In-process TorchScript (batch 8) and Triton alone with ``clients`` one-image clients:
+    the model engineer's benchmark, run in the model env against the stack's Triton.
+    """
     proc = subprocess.run(
-        [str(config.model_python), "-m", "triton_models.bench", "--in-process-only"],
+        [str(config.model_python), "-m", "triton_models.bench", "--grpc-url",
+         config.settings.triton_url, "--clients", str(clients), "--seconds", f"{seconds:g}"],
         cwd=REPO, capture_output=True, text=True, check=False,
     )
-    return (proc.stdout or proc.stderr).strip()
-
-
-def triton_alone(config: StackConfig, images: list[Sample], clients: int) -> Phase:
-    """``clients`` threads each sending one-image requests, as the workers do."""
-    url, model = config.settings.triton_url, config.settings.triton_model
-    tiles = [np.ascontiguousarray(s.rgb.transpose(2, 0, 1)[None]) for s in images]
-    outputs = ("class_map", "defect_prob", "image_score")
-    cursor = iter(range(len(tiles)))
-    lock = threading.Lock()
-
-    def worker(bar: tqdm) -> None:
-        client = grpcclient.InferenceServerClient(url)
-        requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
-        while True:
-            with lock:
-                index = next(cursor, None)
-            if index is None:
-                return
-            batch = grpcclient.InferInput("images", list(tiles[index].shape), "UINT8")
-            batch.set_data_from_numpy(tiles[index])
-            client.infer(model, [batch], outputs=requested)
-            bar.update(1)
-
-    with tqdm(total=len(tiles), desc=f"Triton, {clients} clients", unit="img") as bar:
-        started = time.perf_counter()
-        _run_threads(clients, lambda: worker(bar))
-        seconds = time.perf_counter() - started
-    return Phase("Triton alone", len(tiles), seconds)
+    if proc.returncode != 0:
+        raise RuntimeError(f"triton_models.bench failed:\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def end_to_end(
@@ -103,7 +78,9 @@ def end_to_end(
         def one(index: int) -> None:
             client = api[index % clients]
             job = client.wait_done(client.submit(bodies[index], line="bench")["id"])
-            if job["status"] == "done":
+            if job["status"] == "done" and job["result"].get("cache_hit"):
+                failures.append(f"{job['id']}: a cache hit, not a measurement")
+            elif job["status"] == "done":
                 timings.append(job["result"]["timings"])
             else:
                 failures.append(f"{job['id']}: {job.get('error')}")
@@ -117,21 +94,17 @@ def end_to_end(
     return Phase("end-to-end (API)", len(bodies), seconds), timings
 
 
-def _run_threads(count: int, target: Callable[[], None]) -> None:
-    threads = [threading.Thread(target=target) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-
-def report(triton: Phase, e2e: Phase, timings: list[dict[str, float]], model_line: str) -> str:
+def report(model: dict[str, Any], e2e: Phase, timings: list[dict[str, float]]) -> str:
+    in_process = next(v for k, v in model.items() if k.startswith("in_process_"))
+    triton_key = next(k for k in model if k.startswith("triton_") and k.endswith("_per_s"))
+    triton = model[triton_key]
     lines = ["", "inspectq benchmark (256x256 images, one tile each; this machine)", ""]
-    lines.append(f"  in-process model (TorchScript): {model_line}")
-    for phase in (triton, e2e):
-        lines.append(f"  {phase.name:<18} {phase.rate:8.1f} images/s "
-                     f"({phase.images} images in {phase.seconds:.1f}s)")
-    lines.append(f"  ratio end-to-end / Triton: {e2e.rate / triton.rate:.2f}")
+    lines.append(f"  in-process model, TorchScript b8  {in_process:8.1f} images/s")
+    lines.append(f"  Triton alone ({triton_key.split('_')[1]} gRPC clients x 1)  {triton:8.1f} "
+                 f"images/s (mean batch formed {model['triton_mean_batch_formed']})")
+    lines.append(f"  end-to-end through the API        {e2e.rate:8.1f} images/s "
+                 f"({e2e.images} images, all done, in {e2e.seconds:.1f}s)")
+    lines.append(f"  ratio end-to-end / Triton: {e2e.rate / triton:.2f}")
     lines.append("")
     lines.append("  per-stage time per image (ms): mean / p50 / p95")
     for stage in STAGES:

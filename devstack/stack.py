@@ -38,7 +38,7 @@ class StackConfig:
     api_port: int = 8080
     triton_http_port: int = 8000
     triton_metrics_port: int = 8002
-    worker_concurrency: int = 2
+    worker_concurrency: int = 6
     api_workers: int = 2
     model_python: Path = REPO / ".venv-model" / "bin" / "python"
 

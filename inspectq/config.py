@@ -57,7 +57,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_batch_images: int = Field(default=32, ge=1)
     max_wait_s: float = Field(default=30.0, ge=0)
-    rate_limit: str = Field(default="600/minute", description="Per API key, limits syntax.")
+    rate_limit: str = Field(
+        default="100/second", description="Per API key (limits syntax); a camera line is fast."
+    )
     max_pending_jobs: int = Field(
         default=5000, ge=1, description="Queued + in-flight bound; above it ingest answers 429."
     )

@@ -2,8 +2,9 @@
 
 The record lives in two places on purpose:
 
-* S3 is the durable record. ``jobs/<id>/job.json`` is written when the job is accepted and a
-  ``pending/<id>`` marker says it has no outcome yet; ``jobs/<id>/result.json`` holds the
+* S3 is the durable record. ``pending/<id>`` holds the accepted record from the moment the
+  job is accepted until it has an outcome (so listing ``pending/`` finds every unfinished
+  job); ``jobs/<id>/result.json`` holds the
   final record (``done`` or ``failed``) and is written with a conditional put, so the first
   outcome wins and a redelivered job can never report a second, different one.
 * Redis is the fast cache the API polls (``inspectq:job:<id>``, with a TTL) and carries the
@@ -141,8 +142,7 @@ class JobStore:
 
     def create(self, record: JobRecord) -> None:
         """Persist a newly accepted job: S3 first (durable), then the Redis cache."""
-        self._store.put_json(keys_for(record.id).record, record.model_dump(by_alias=True))
-        self._store.put(PENDING_PREFIX + record.id, b"", "text/plain")
+        self._store.put_json(PENDING_PREFIX + record.id, record.model_dump(by_alias=True))
         self._cache(record)
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -150,8 +150,8 @@ class JobStore:
         cached = self._redis.get(self._redis_key(job_id))
         if cached is not None:
             return JobRecord.model_validate_json(cached)
-        keys = keys_for(job_id)
-        data = self._store.get_json(keys.result) or self._store.get_json(keys.record)
+        data = (self._store.get_json(keys_for(job_id).result)
+                or self._store.get_json(PENDING_PREFIX + job_id))
         if data is None:
             return None
         record = JobRecord.model_validate(data)
@@ -244,7 +244,7 @@ class JobStore:
             update={"status": Status.QUEUED, "result": None, "error": None, "retry": None,
                     "enqueued_at": time.time(), "updated_at": utc_now()}
         )
-        self._store.put(PENDING_PREFIX + job_id, b"", "text/plain")
+        self._store.put_json(PENDING_PREFIX + job_id, queued.model_dump(by_alias=True))
         self._store.delete(keys_for(job_id).result)
         self._cache(queued)
         return queued

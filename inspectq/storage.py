@@ -36,10 +36,6 @@ class JobKeys:
         return self.prefix + "image"
 
     @property
-    def record(self) -> str:
-        return self.prefix + "job.json"
-
-    @property
     def result(self) -> str:
         return self.prefix + "result.json"
 

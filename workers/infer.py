@@ -13,6 +13,7 @@ itself once Triton is back.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,7 @@ class TritonModel:
         self.timeout_s = timeout_s
         self._client: grpcclient.InferenceServerClient | None = None
         self._info: dict[str, ModelInfo] = {}
+        self._current: tuple[float, ModelInfo] | None = None  # (read at, info)
 
     def _connected(self) -> grpcclient.InferenceServerClient:
         if self._client is None:
@@ -113,8 +115,15 @@ class TritonModel:
             )
         return self._info[version]
 
-    def current_info(self) -> ModelInfo:
-        """The info of the newest ready version (what an unversioned request runs)."""
+    def current_info(self, max_age_s: float = 5.0) -> ModelInfo:
+        """The info of the newest ready version (what an unversioned request runs).
+
+        Read at most every ``max_age_s``: asking Triton on every job costs a round trip, and
+        a version switch only needs to show within seconds (each result still reports the
+        version that actually answered).
+        """
+        if self._current is not None and time.monotonic() - self._current[0] < max_age_s:
+            return self._current[1]
         try:
             metadata = self._connected().get_model_metadata(
                 self.model_name, as_json=True, client_timeout=self.timeout_s
@@ -124,7 +133,9 @@ class TritonModel:
         versions = [str(v) for v in metadata.get("versions", [])]
         if not versions:
             raise TritonUnavailable(f"model {self.model_name} has no ready version")
-        return self.info(max(versions, key=lambda v: int(v) if v.isdigit() else -1))
+        info = self.info(max(versions, key=lambda v: int(v) if v.isdigit() else -1))
+        self._current = (time.monotonic(), info)
+        return info
 
     def infer(self, tiles: np.ndarray) -> TileOutputs:
         """Run ``tiles`` (``(N, 3, T, T)`` uint8) in requests of at most ``batch_tiles``."""

@@ -5,22 +5,27 @@ never record a second, different outcome, and a lost Redis never loses a result.
 
 This module also keeps the **inference cache**: the same image bytes under the same model
 are inferred once. The model's answer (score, regions, size, and which job's S3 objects hold
-the mask and overlay) is kept at ``dedup/<model sha256>/<image sha256>.json``, together with
-the tiling parameters it was made with. A later job with the same image copies the PNGs and
-reuses the regions and score; its decision is still made from its own thresholds.
+the mask and overlay) is kept in Redis at ``inspectq:dedup:<model sha256>:<image sha256>``
+(with the results' TTL), together with the tiling parameters it was made with. A later job
+with the same image copies the PNGs and reuses the regions and score; its decision is still
+made from its own thresholds. The cache lives in Redis, not S3, because it is only a cache:
+losing it costs one inference, while an S3 lookup and write would cost every new image two
+object-store round trips.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from inspectq.jobs import JobRecord, JobStore
-from inspectq.storage import ObjectExists, ObjectStore, keys_for
+from inspectq.storage import ObjectStore, keys_for
 from workers.postprocess import Region
 
-DEDUP_PREFIX = "dedup/"
+DEDUP_PREFIX = "inspectq:dedup:"
 
 
 @dataclass(frozen=True)
@@ -57,30 +62,29 @@ class ModelAnswer:
 
 
 def _dedup_key(model_sha: str, image_sha: str) -> str:
-    return f"{DEDUP_PREFIX}{model_sha}/{image_sha}.json"
+    return f"{DEDUP_PREFIX}{model_sha}:{image_sha}"
 
 
 def cached_answer(
-    store: ObjectStore, model_sha: str, image_sha: str, params: dict[str, int]
+    cache: redis.Redis, model_sha: str, image_sha: str, params: dict[str, int]
 ) -> ModelAnswer | None:
     """The earlier answer for these bytes and model, if it was made with the same tiling."""
     if not model_sha:
         return None  # a model without a digest cannot be told apart from the next one
-    data = store.get_json(_dedup_key(model_sha, image_sha))
+    data = cache.get(_dedup_key(model_sha, image_sha))
     if data is None:
         return None
-    answer = ModelAnswer.from_json(data)
+    answer = ModelAnswer.from_json(json.loads(data))
     return answer if answer.params == params else None
 
 
 def remember_answer(
-    store: ObjectStore, model_sha: str, image_sha: str, answer: ModelAnswer
+    cache: redis.Redis, model_sha: str, image_sha: str, answer: ModelAnswer, ttl_s: int
 ) -> None:
     """Keep the answer for later jobs with the same bytes (the first one written stays)."""
     if not model_sha:
         return
-    with contextlib.suppress(ObjectExists):
-        store.put_json(_dedup_key(model_sha, image_sha), answer.to_json(), only_if_new=True)
+    cache.set(_dedup_key(model_sha, image_sha), json.dumps(answer.to_json()), nx=True, ex=ttl_s)
 
 
 def write_pngs(store: ObjectStore, job_id: str, mask: bytes, overlay: bytes) -> None:

@@ -170,7 +170,7 @@ def _run_stages(services: Services, record: JobRecord, started: float) -> dict[s
     info = services.model.current_info()
     timings["triton_ms"] = _ms(clock)
     clock = time.perf_counter()
-    answer = cached_answer(store, info.sha256, record.image.sha256, params)
+    answer = cached_answer(services.redis, info.sha256, record.image.sha256, params)
     cache_hit = answer is not None and copy_pngs(store, answer.source_job, record.id)
     timings["s3_get_ms"] = _ms(clock)
     record_started = time.perf_counter()
@@ -201,7 +201,8 @@ def _run_stages(services: Services, record: JobRecord, started: float) -> dict[s
         record_started = time.perf_counter()
         write_pngs(store, record.id, mask_png(class_map),
                    overlay_png(image, class_map, regions, info.classes))
-        remember_answer(store, info.sha256, record.image.sha256, answer)
+        remember_answer(services.redis, info.sha256, record.image.sha256, answer,
+                        settings.result_ttl_s)
     decision = decide(answer.score, record.thresholds)
     # PNG and cache writes; the result's own write (finish) comes after and cannot time itself.
     timings["record_ms"] = _ms(record_started)
