@@ -157,9 +157,13 @@ def render_gpu_config(served: int, classes: list[str], shas: dict[int, str]) -> 
 def render_cpu_config(served: int, classes: list[str], shas: dict[int, str],
                       torchscript_dir: str) -> str:
     """`torchscript_dir`: the GPU model folder, relative to the CPU model folder."""
+    # One intra-op thread: on a small CPU box Triton shares the cores with the workers, API
+    # and S3, and torch's spinning thread pool then loses more to contention than it gains
+    # (measured by `make bench`: end-to-end 19 -> 27 images/s on 2 cores; batches of ~4
+    # keep the one thread busy).
     params = {
         "torchscript_dir": torchscript_dir,
-        "intra_op_threads": "2",
+        "intra_op_threads": "1",
         "inter_op_threads": "1",
         **_contract_parameters(classes, shas),
     }
