@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import statistics
 import subprocess
@@ -18,9 +19,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis
+import requests
 from tqdm import tqdm
 
 from devstack import procs
@@ -36,12 +39,12 @@ class Ledger:
     accepted: dict[str, float] = field(default_factory=dict)
     rejected_uploads: dict[str, int] = field(default_factory=dict)
     results: dict[str, list[str]] = field(default_factory=dict)
-    ended: dict[str, float] = field(default_factory=dict)
+    latency_s: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def accept(self, job_id: str) -> None:
         with self.lock:
-            self.accepted[job_id] = time.monotonic()
+            self.accepted.setdefault(job_id, time.monotonic())
 
     def refuse(self, reason: str) -> None:
         with self.lock:
@@ -56,7 +59,14 @@ class Ledger:
             seen = self.results.setdefault(job["id"], [])
             if outcome not in seen:
                 seen.append(outcome)
-            self.ended.setdefault(job["id"], time.monotonic())
+            # Time to result by the job's own clock: accepted -> outcome recorded.
+            self.latency_s.setdefault(
+                job["id"], (_when(job["updated_at"]) - _when(job["created_at"])).total_seconds()
+            )
+
+
+def _when(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def _log(message: str) -> None:
@@ -116,10 +126,28 @@ def faults(config: StackConfig, progress: Ledger, total: int, stop: threading.Ev
         _log(f"reconciler (on demand): {_reconcile(config)}")
 
 
+def _code(error: Exception) -> str:
+    """A short reason for a refused or broken request, for the tally."""
+    if isinstance(error, ApiError):
+        body = error.body if isinstance(error.body, dict) else {}
+        return f"{error.status} {body.get('error', {}).get('code', '')}".strip()
+    return type(error).__name__
+
+
 def run(config: StackConfig, images: int, clients: int, deadline_s: float) -> str:
+    """Upload ``images`` from ``clients`` threads while the faults fire; then long-poll every
+    accepted job to its end (or ``deadline_s``) and read each once more."""
     pictures = bench_images(images)
     bodies = [p.png() for p in pictures]
-    api = InspectqClient(config.api_url, config.settings.api_key.get_secret_value())
+    key = config.settings.api_key.get_secret_value()
+    run_id = secrets.token_hex(4)
+    local = threading.local()
+
+    def api() -> InspectqClient:  # one HTTP session per thread
+        if not hasattr(local, "client"):
+            local.client = InspectqClient(config.api_url, key)
+        return local.client
+
     ledger = Ledger()
     stop = threading.Event()
     chaos = threading.Thread(target=faults, args=(config, ledger, len(bodies), stop))
@@ -127,42 +155,53 @@ def run(config: StackConfig, images: int, clients: int, deadline_s: float) -> st
     started = time.monotonic()
 
     def upload(index: int) -> None:
-        # A real uploader retries 429/503 after Retry-After; so does this one.
-        for _attempt in range(60):
+        # A real uploader retries 429/503 (after Retry-After) and broken connections.
+        for _attempt in range(120):
             try:
-                ledger.accept(api.submit(bodies[index], f"c{index}.png", line="chaos")["id"])
+                accepted = api().submit(bodies[index], f"c{index}.png",
+                                        idempotency_key=f"chaos-{run_id}-{index}", line="chaos")
+                ledger.accept(accepted["id"])
                 return
-            except ApiError as error:
-                ledger.refuse(str(error.status))
+            except (ApiError, requests.ConnectionError) as error:
+                ledger.refuse(_code(error))
                 time.sleep(1.0)
         ledger.refuse("gave up")
 
-    with tqdm(total=len(bodies), desc=f"uploading, {clients} clients", unit="img") as bar, \
-            ThreadPoolExecutor(max_workers=clients) as pool:
-        for _ in pool.map(upload, range(len(bodies))):
-            bar.update(1)
+    end_by = 0.0
 
-    # Periodic reconciliation happens in the stack; the run also waits for every job.
-    pending = set(ledger.accepted)
-    end_by = time.monotonic() + deadline_s
-    with tqdm(total=len(pending), desc="waiting for results", unit="job") as bar:
-        while pending and time.monotonic() < end_by:
-            for job_id in list(pending):
-                try:
-                    job = api.job(job_id)
-                except ApiError:
-                    continue
-                if job["status"] in ("done", "failed"):
-                    ledger.observe(job)
-                    pending.discard(job_id)
-                    bar.update(1)
-            time.sleep(0.5)
-    stop.set()
-    chaos.join()
+    def wait_for(job_id: str) -> bool:
+        while time.monotonic() < end_by:
+            try:
+                job = api().job(job_id, wait_s=min(30.0, max(1.0, end_by - time.monotonic())))
+            except (ApiError, requests.ConnectionError):
+                time.sleep(1.0)
+                continue
+            if job["status"] in ("done", "failed"):
+                ledger.observe(job)
+                return True
+        return False
+
+    try:
+        with tqdm(total=len(bodies), desc=f"uploading, {clients} clients", unit="img") as bar, \
+                ThreadPoolExecutor(max_workers=clients) as pool:
+            for _ in pool.map(upload, range(len(bodies))):
+                bar.update(1)
+        end_by = time.monotonic() + deadline_s
+        accepted = list(ledger.accepted)
+        with tqdm(total=len(accepted), desc="waiting for results", unit="job") as bar, \
+                ThreadPoolExecutor(max_workers=2 * clients) as pool:
+            lost = set()
+            for job_id, ended in zip(accepted, pool.map(wait_for, accepted), strict=True):
+                bar.update(1)
+                if not ended:
+                    lost.add(job_id)
+    finally:
+        stop.set()
+        chaos.join()
     # Read every ended job once more: a redelivered duplicate would show a second result.
     for job_id in list(ledger.results):
-        ledger.observe(api.job(job_id))
-    return summary(ledger, pending, len(bodies), time.monotonic() - started)
+        ledger.observe(api().job(job_id))
+    return summary(ledger, lost, len(bodies), time.monotonic() - started)
 
 
 def summary(ledger: Ledger, lost: set[str], submitted: int, seconds: float) -> str:
@@ -177,7 +216,7 @@ def summary(ledger: Ledger, lost: set[str], submitted: int, seconds: float) -> s
             code = (first.get("error") or {}).get("code", "unknown")
             reasons[code] = reasons.get(code, 0) + 1
     duplicated = sum(1 for seen in ledger.results.values() if len(seen) > 1)
-    latencies = sorted(ledger.ended[j] - ledger.accepted[j] for j in ledger.ended)
+    latencies = sorted(ledger.latency_s.values())
 
     def pct(q: float) -> float:
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0
