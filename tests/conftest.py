@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: a real SeaweedFS S3 server for the test session."""
+"""Fixtures shared by the whole suite: a real SeaweedFS S3 server for the test session, and
+a flushed Redis database for each test of a folder whose ``settings`` fixture names one."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from devstack import seaweed
 from devstack.ports import free_port, port_open, wait_until
+from inspectq.config import Settings
 
 TEST_ACCESS_KEY = "inspectq-test"
 TEST_SECRET_KEY = "inspectq-test-secret"
@@ -37,3 +40,12 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture
+def redis_client(settings: Settings) -> Iterator[redis.Redis]:
+    """The Redis database of ``settings.redis_url``, empty before and after the test."""
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()

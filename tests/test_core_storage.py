@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 from pydantic import SecretStr
@@ -25,14 +23,6 @@ def settings(s3_endpoint: str) -> Settings:
         s3_access_key_id=TEST_ACCESS_KEY,
         s3_secret_access_key=TEST_SECRET_KEY,
     )
-
-
-@pytest.fixture
-def redis_client(settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url)
-    client.flushdb()
-    yield client
-    client.flushdb()
 
 
 @pytest.fixture

@@ -17,11 +17,26 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from triton_models.repository import MODEL_NAME, Repositories
 from triton_models.serve import wait_ready
+
+
+def images_per_second(model: Any, batch: int, runs: int) -> float:
+    """In-process throughput of a loaded TorchScript model on random uint8 images."""
+    import torch
+
+    images = torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8)
+    with torch.inference_mode():
+        for _ in range(3):  # TorchScript profiles and optimizes on the first calls
+            model(images)
+        start = time.perf_counter()
+        for _ in range(runs):
+            model(images)
+    return batch * runs / (time.perf_counter() - start)
 
 
 def in_process(model_path: Path, batch: int, runs: int, threads: int) -> float:
@@ -31,14 +46,7 @@ def in_process(model_path: Path, batch: int, runs: int, threads: int) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = torch.jit.load(str(model_path), map_location="cpu").eval()
-    images = torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8)
-    with torch.inference_mode():
-        for _ in range(3):  # TorchScript profiles and optimizes on the first calls
-            model(images)
-        start = time.perf_counter()
-        for _ in range(runs):
-            model(images)
-    return batch * runs / (time.perf_counter() - start)
+    return images_per_second(model, batch, runs)
 
 
 def triton_clients(url: str, clients: int, seconds: float, batch: int) -> dict[str, float]:

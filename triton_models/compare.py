@@ -20,20 +20,10 @@ import numpy as np
 import torch
 
 from triton_models import metrics, mvtec
+from triton_models.bench import images_per_second
 from triton_models.export import export, gflops_per_image
 from triton_models.net import ARCHITECTURES, InspectqSeg, build_backbone
 from triton_models.train import loss_fn, make_batch, train
-
-
-def images_per_second(model: torch.nn.Module, batch: int = 8, runs: int = 10) -> float:
-    x = torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8)
-    with torch.inference_mode():
-        for _ in range(3):  # TorchScript profiles and optimizes on the first calls
-            model(x)
-        start = time.perf_counter()
-        for _ in range(runs):
-            model(x)
-    return round(batch * runs / (time.perf_counter() - start), 1)
 
 
 def step_seconds(data: mvtec.Dataset, arch: str, batch: int, crop: int) -> float:
@@ -87,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             "mean_dice": result["mean_dice"],
             "per_class_dice": {k: v["dice"] for k, v in result["per_class"].items()},
             "image_auroc": result["image_auroc"],
-            "inference_img_s_b8": images_per_second(scripted),
+            "inference_img_s_b8": round(images_per_second(scripted, batch=8, runs=10), 1),
         }
         print(json.dumps(row))
         results.append(row)

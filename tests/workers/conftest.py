@@ -53,14 +53,6 @@ def settings(s3_endpoint: str, triton: TritonProcess) -> Settings:
 
 
 @pytest.fixture
-def redis_client(settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url)
-    client.flushdb()
-    yield client
-    client.flushdb()
-
-
-@pytest.fixture
 def services(settings: Settings, redis_client: redis.Redis) -> Iterator[Services]:
     built = build_services(settings)
     built.store.ensure_bucket()
