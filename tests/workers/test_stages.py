@@ -155,6 +155,21 @@ def test_a_connected_defect_is_one_region_of_its_majority_class() -> None:
     assert region.score == pytest.approx((400 * 0.9 + 80 * 0.4) / 480)
 
 
+def test_fragments_of_one_thin_defect_are_one_region() -> None:
+    """A thin defect the model broke into pieces with 2 px gaps is reported once; a blob
+    26 px away stays a region of its own."""
+    class_map = np.zeros((64, 128), np.uint8)
+    prob = np.zeros((64, 128), np.float32)
+    for x0 in (10, 22, 34):  # three 10 px pieces of a 2 px wide crack, 2 px apart
+        class_map[30:32, x0:x0 + 10] = 2
+    class_map[10:20, 70:80] = 1
+    prob[class_map > 0] = 0.8
+    regions = sorted(find_regions(class_map, prob, CLASSES, min_region_px=12),
+                     key=lambda r: r.bbox)
+    assert [r.bbox for r in regions] == [(10, 30, 44, 32), (70, 10, 80, 20)]
+    assert regions[0].area_px == 60  # only the defect pixels count, not the closed gaps
+
+
 def test_image_score_is_the_worst_tile() -> None:
     assert image_score(np.array([0.1, 0.93, 0.2], np.float32)) == pytest.approx(0.93)
 
