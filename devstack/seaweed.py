@@ -84,6 +84,10 @@ def plan(data_dir: Path, access_key: str, secret_key: str, s3_port: int = 8333) 
         "-s3.port.lance=0",
         "-master.telemetry=false",
         f"-s3.config={config}",
+        # Objects under 256 KiB (results, masks, overlays, job records, camera frames of
+        # typical size) live in the filer's own store instead of a volume: one internal
+        # hop less per request.
+        "-filer.saveToFilerLimit=262144",
         *(f"-{flag}={port}" for flag, port in ports.items()),
     ]
     return SeaweedPlan(argv=argv, s3_port=s3_port)
