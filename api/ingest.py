@@ -5,12 +5,12 @@ The order is what makes "nothing is lost" hold:
 1. capacity check (Redis): over ``max_pending_jobs`` -> 429, nothing written;
 2. the image goes to S3 under the new job's key;
 3. with an ``Idempotency-Key``, the key is claimed (conditional S3 put);
-4. the job record is written (S3 record + ``pending/`` marker, then the Redis cache);
+4. the job record is written (S3 ``pending/<id>``, then the Redis cache);
 5. the job id is enqueued.
 
 A failure in 2 or 3 leaves at most an orphan image, never a job. A failure in 4 or 5 marks
 the job ``failed`` (reason ``ingest_failed``) and releases its idempotency claim, best
-effort; if even that fails, the ``pending/`` marker keeps the job on the reconciler's list,
+effort; if even that fails, the ``pending/`` entry keeps the job on the reconciler's list,
 so it is run later rather than lost. The client gets 503 in all these cases.
 """
 

@@ -198,7 +198,7 @@ class JobStore:
             self._store.put_json(keys.result, final.model_dump(by_alias=True), only_if_new=True)
         except ObjectExists:
             final = JobRecord.model_validate(self._store.get_json(keys.result))
-        self._store.delete(PENDING_PREFIX + job_id)
+        self.clear_pending(job_id)
         self._cache(final)
         self._redis.publish(self._channel(job_id), final.status.value)
         return final
@@ -223,6 +223,10 @@ class JobStore:
         finally:
             pubsub.close()
         return record
+
+    def clear_pending(self, job_id: str) -> None:
+        """Drop the ``pending/`` entry of a job whose outcome is already in S3."""
+        self._store.delete(PENDING_PREFIX + job_id)
 
     def pending_job_ids(self) -> list[str]:
         """Accepted jobs that have no outcome yet (the reconciler's work list)."""

@@ -33,7 +33,7 @@ import redis
 from celery import Celery
 
 from inspectq.config import Settings
-from inspectq.jobs import JobError, JobRecord
+from inspectq.jobs import JobRecord
 from inspectq.queue import INSPECT_TASK, QUEUE, enqueue_inspection
 
 if TYPE_CHECKING:
@@ -101,9 +101,9 @@ def reconcile(services: Services, app: Celery) -> ReconcileReport:
                 report.live += 1
                 continue
         if record.status.terminal:
-            # The outcome was written but the process died before clearing the marker.
-            # finish() keeps that first outcome and clears the marker.
-            jobs.finish(job_id, error=JobError(code="reconciled", message="unused"))
+            # The outcome was written (S3 first, then the cache) but the process died
+            # before clearing the pending entry.
+            jobs.clear_pending(job_id)
             report.closed.append(job_id)
             continue
         guard = f"inspectq:requeued:{job_id}"

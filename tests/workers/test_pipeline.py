@@ -247,3 +247,21 @@ def test_hard_time_limit_records_timeout_but_outages_wait_for_redelivery(
     task.on_failure(TimeLimitExceeded(150), "t2", (killed_id,), {}, None)
     final = services.jobs.get(killed_id)
     assert final.status is Status.FAILED and final.error.code == "timeout"
+
+
+def test_reconciler_clears_the_pending_entry_of_a_finished_job(
+    services: Services, redis_client: redis.Redis
+) -> None:
+    """A worker that wrote the outcome but died before clearing ``pending/<id>``: the
+    reconciler clears it and neither requeues the job nor touches its outcome."""
+    from inspectq.jobs import PENDING_PREFIX
+    from workers.reconcile import reconcile
+
+    job_id = submit(services, png(strip_with_scratch(seed=44)))
+    done = inspect_job(services, job_id)
+    services.store.put_json(PENDING_PREFIX + job_id, {"left": "by a crash"})
+    assert job_id in services.jobs.pending_job_ids()
+    report = reconcile(services, create_app(services.settings))
+    assert report.closed == [job_id] and report.requeued == []
+    assert job_id not in services.jobs.pending_job_ids()
+    assert services.jobs.get(job_id).result == done.result
