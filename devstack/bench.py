@@ -28,7 +28,6 @@ STAGES = ("ingest_ms", "queue_wait_ms", "s3_get_ms", "preprocess_ms", "triton_ms
 
 @dataclass(frozen=True)
 class Phase:
-    name: str
     images: int
     seconds: float
 
@@ -91,7 +90,7 @@ def end_to_end(
         seconds = time.perf_counter() - started
     if failures:
         raise RuntimeError(f"{len(failures)} jobs failed during the benchmark: {failures[:3]}")
-    return Phase("end-to-end (API)", len(bodies), seconds), timings
+    return Phase(len(bodies), seconds), timings
 
 
 def report(model: dict[str, Any], e2e: Phase, timings: list[dict[str, float]]) -> str:
