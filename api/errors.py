@@ -85,8 +85,6 @@ def register_error_handlers(app: Flask) -> None:
         # Keep headers such as Allow (405) that Werkzeug computed for the error.
         headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
         message = error.description or error.name
-        if status == 429:
-            message = f"Rate limit exceeded ({error.description}). Retry later."
         return error_response(
             ApiError(status, _HTTP_CODES.get(status, "http_error"), message, headers=headers)
         )

@@ -3,10 +3,12 @@
 The record lives in two places on purpose:
 
 * S3 is the durable record. ``pending/<id>`` holds the accepted record from the moment the
-  job is accepted until it has an outcome (so listing ``pending/`` finds every unfinished
-  job); ``jobs/<id>/result.json`` holds the
-  final record (``done`` or ``failed``) and is written with a conditional put, so the first
-  outcome wins and a redelivered job can never report a second, different one.
+  job is accepted until the reconciler sees its outcome (so listing ``pending/`` finds every
+  unfinished job, and some just finished); ``jobs/<id>/result.json`` holds the final record
+  (``done`` or ``failed``) and is written with a conditional put, so the first outcome wins
+  and a redelivered job can never report a second, different one. Finishing a job does not
+  delete its ``pending/`` entry: the reconciler sweeps finished jobs' entries in batches
+  (one S3 request per 1,000), which keeps a delete off every job's hot path.
 * Redis is the fast cache the API polls (``inspectq:job:<id>``, with a TTL) and carries the
   transient states (``processing``, ``retrying``). When Redis loses it, :meth:`JobStore.get`
   falls back to S3 and puts it back.
@@ -27,10 +29,13 @@ import redis
 from pydantic import BaseModel, Field
 
 from inspectq.config import Settings
+from inspectq.endings import JobEndings, channel
 from inspectq.storage import ObjectExists, ObjectStore, keys_for
 
 _JOB_ID = re.compile(r"^j_[A-Za-z0-9_-]{22}$")
 PENDING_PREFIX = "pending/"
+#: A long-poll re-reads the record at least this often, in case an ending was missed.
+WAIT_RECHECK_S = 5.0
 
 
 def new_job_id() -> str:
@@ -128,14 +133,12 @@ class JobStore:
         self._store = store
         self._redis = redis_client
         self._ttl = settings.result_ttl_s
+        self._endings = JobEndings(redis_client)
 
     @staticmethod
     def _redis_key(job_id: str) -> str:
         return f"inspectq:job:{job_id}"
 
-    @staticmethod
-    def _channel(job_id: str) -> str:
-        return f"inspectq:job-ended:{job_id}"
 
     def _cache(self, record: JobRecord) -> None:
         self._redis.set(self._redis_key(record.id), record.to_json(), ex=self._ttl)
@@ -158,12 +161,16 @@ class JobStore:
         self._cache(record)
         return record
 
-    def update(self, job_id: str, **changes: Any) -> JobRecord | None:
-        """Record a transient state (``processing``, ``retrying``) in Redis.
+    def update(
+        self, job_id: str, *, record: JobRecord | None = None, **changes: Any
+    ) -> JobRecord | None:
+        """Record a transient state (``processing``, ``retrying``) in Redis. ``record`` is
+        the job's record when the caller has just read it (saves reading it again).
 
         Never moves a job out of a terminal state: once done or failed, it stays so.
         """
-        record = self.get(job_id)
+        if record is None:
+            record = self.get(job_id)
         if record is None or record.status.terminal:
             return record
         updated = record.model_copy(update={**changes, "updated_at": utc_now()})
@@ -176,11 +183,14 @@ class JobStore:
         *,
         result: dict[str, Any] | None = None,
         error: JobError | None = None,
+        record: JobRecord | None = None,
     ) -> JobRecord:
         """Write the job's one outcome. The first outcome written to S3 wins; a later call
         (a redelivered message) gets that first outcome back instead of writing its own.
+        ``record`` is the job's record when the caller already holds it (saves a read).
         """
-        record = self.get(job_id)
+        if record is None:
+            record = self.get(job_id)
         if record is None:
             raise KeyError(job_id)
         status = Status.DONE if error is None else Status.FAILED
@@ -198,43 +208,48 @@ class JobStore:
             self._store.put_json(keys.result, final.model_dump(by_alias=True), only_if_new=True)
         except ObjectExists:
             final = JobRecord.model_validate(self._store.get_json(keys.result))
-        self.clear_pending(job_id)
-        self._cache(final)
-        self._redis.publish(self._channel(job_id), final.status.value)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self._redis_key(job_id), final.to_json(), ex=self._ttl)
+        pipe.publish(channel(job_id), final.status.value)
+        pipe.execute()
         return final
 
     def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
         """Long-poll: return as soon as the job ends, or its current state at the timeout."""
-        record = self.get(job_id)
-        if record is None or record.status.terminal or timeout_s <= 0:
-            return record
+        if timeout_s <= 0:
+            return self.get(job_id)
         deadline = time.monotonic() + timeout_s
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(self._channel(job_id))
-            # Read again after subscribing: the job may have ended in between.
+        with self._endings.watch(job_id) as ended:
+            # Read after the watch began, so an ending in between is not missed.
             record = self.get(job_id)
             while record is not None and not record.status.terminal:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                pubsub.get_message(timeout=min(left, 1.0))
+                ended.wait(min(left, WAIT_RECHECK_S))
+                ended.clear()
                 record = self.get(job_id)
-        finally:
-            pubsub.close()
         return record
 
-    def clear_pending(self, job_id: str) -> None:
-        """Drop the ``pending/`` entry of a job whose outcome is already in S3."""
-        self._store.delete(PENDING_PREFIX + job_id)
+    def clear_pending(self, job_ids: list[str]) -> None:
+        """Drop the ``pending/`` entries of jobs whose outcomes are already in S3."""
+        self._store.delete_many([PENDING_PREFIX + job_id for job_id in job_ids])
 
     def pending_job_ids(self) -> list[str]:
         """Accepted jobs that have no outcome yet (the reconciler's work list)."""
         return [key[len(PENDING_PREFIX):] for key in self._store.list_keys(PENDING_PREFIX)]
 
-    def is_cached(self, job_id: str) -> bool:
-        """Whether Redis still holds the job's record (the reconciler's test for a lost one)."""
-        return bool(self._redis.exists(self._redis_key(job_id)))
+    def cached(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """The records Redis still holds among ``job_ids`` (one MGET per 1,000); a job
+        missing from the answer was lost from Redis (the reconciler's test)."""
+        found: dict[str, JobRecord] = {}
+        for start in range(0, len(job_ids), 1000):
+            chunk = job_ids[start:start + 1000]
+            for job_id, raw in zip(chunk, self._redis.mget(
+                    [self._redis_key(job_id) for job_id in chunk]), strict=True):
+                if raw is not None:
+                    found[job_id] = JobRecord.model_validate_json(raw)
+        return found
 
     def reopen(self, job_id: str) -> JobRecord | None:
         """Undo a ``failed`` outcome so the job can run again (dead-letter replay, an

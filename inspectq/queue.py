@@ -53,6 +53,8 @@ def enqueue_inspection(app: Celery, job_id: str) -> None:
 
 def pending_count(redis_client: redis.Redis) -> int:
     """Queued + delivered-but-unacked messages, read from the broker's own structures."""
-    queued = int(redis_client.llen(QUEUE))
-    in_flight = int(redis_client.hlen("unacked"))
-    return queued + in_flight
+    pipe = redis_client.pipeline(transaction=False)
+    pipe.llen(QUEUE)
+    pipe.hlen("unacked")
+    queued, in_flight = pipe.execute()
+    return int(queued) + int(in_flight)

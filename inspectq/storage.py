@@ -53,6 +53,10 @@ def keys_for(job_id: str) -> JobKeys:
     return JobKeys(prefix=f"jobs/{job_id}/")
 
 
+#: DeleteObjects takes at most this many keys per request.
+_DELETE_BATCH = 1000
+
+
 def _is_server_side(error: ClientError) -> bool:
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     return status >= 500 or status == 429
@@ -155,6 +159,26 @@ class ObjectStore:
             raise self._translate(error) from error
         except BotoCoreError as error:
             raise StorageUnavailable(str(error)) from error
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete ``keys`` with one DeleteObjects request per 1,000 (S3's limit per call):
+        cheaper than a delete per key when sweeping many at once."""
+        for start in range(0, len(keys), _DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[start:start + _DELETE_BATCH]]
+            try:
+                response = self._s3.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+            except ClientError as error:
+                raise self._translate(error) from error
+            except BotoCoreError as error:
+                raise StorageUnavailable(str(error)) from error
+            if response.get("Errors"):
+                first = response["Errors"][0]
+                raise StorageUnavailable(
+                    f"{len(response['Errors'])} of {len(batch)} deletes failed, first "
+                    f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+                )
 
     def list_keys(self, prefix: str, start_after: str = "") -> list[str]:
         """All keys under ``prefix`` (paginated under the hood)."""

@@ -64,6 +64,18 @@ def test_conditional_put_first_writer_wins(store: ObjectStore) -> None:
     assert store.get(key + "-missing") is None
 
 
+def test_delete_many_sweeps_past_the_per_request_limit(store: ObjectStore) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [f"sweep/{index:05d}" for index in range(1003)]  # two DeleteObjects requests
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: store.put(key, b"x"), keys))
+    store.put("sweep-keep", b"kept")
+    store.delete_many([*keys, "sweep/never-written"])
+    assert store.list_keys("sweep/") == []
+    assert store.get("sweep-keep") == b"kept"
+
+
 def test_unreachable_store_raises_storage_unavailable(settings: Settings) -> None:
     dead = ObjectStore(settings.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:9"}))
     with pytest.raises(StorageUnavailable):
@@ -84,6 +96,9 @@ def test_job_outcome_survives_redis_flush_and_first_outcome_wins(
     second = jobs.finish(job_id, error=JobError(code="late", message="a redelivery"))
     assert first.status is Status.DONE
     assert second.status is Status.DONE and second.result == {"decision": "PASS", "score": 0.1}
+    # Finishing leaves the pending entry for the reconciler's batched sweep.
+    assert job_id in jobs.pending_job_ids()
+    jobs.clear_pending([job_id])
     assert job_id not in jobs.pending_job_ids()
 
     redis_client.flushdb()
@@ -93,6 +108,12 @@ def test_job_outcome_survives_redis_flush_and_first_outcome_wins(
     assert jobs.update(job_id, status=Status.PROCESSING).status is Status.DONE
 
 
+def _subscribers(redis_client: redis.Redis) -> list[dict]:
+    """Pub/sub connections on this test's database (other stacks may share the server)."""
+    return [client for client in redis_client.client_list(_type="pubsub")
+            if client["db"] == str(REDIS_DB)]
+
+
 def test_wait_returns_when_the_job_ends(
     store: ObjectStore, redis_client: redis.Redis, settings: Settings
 ) -> None:
@@ -100,11 +121,49 @@ def test_wait_returns_when_the_job_ends(
     import time
 
     jobs = JobStore(settings, store, redis_client)
-    job_id = new_job_id()
-    jobs.create(_record(job_id))
-    threading.Timer(0.3, lambda: jobs.finish(job_id, result={"ok": True})).start()
-    started = time.monotonic()
-    ended = jobs.wait(job_id, timeout_s=10)
-    assert ended is not None and ended.status is Status.DONE
-    assert time.monotonic() - started < 5
+    subscribed_before = len(_subscribers(redis_client))
+    job_ids = [new_job_id() for _ in range(6)]
+    for job_id in job_ids:
+        jobs.create(_record(job_id))
+    ended: dict[str, float] = {}
+
+    def waiter(job_id: str) -> None:
+        record = jobs.wait(job_id, timeout_s=20)
+        assert record is not None and record.status is Status.DONE
+        ended[job_id] = time.monotonic()
+
+    threads = [threading.Thread(target=waiter, args=(job_id,)) for job_id in job_ids]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    finished_at = {}
+    for job_id in job_ids:
+        jobs.finish(job_id, result={"ok": True})
+        finished_at[job_id] = time.monotonic()
+    for thread in threads:
+        thread.join(15)
+    # Woken by the ending itself, well before the safety re-read (WAIT_RECHECK_S).
+    assert all(ended[job_id] - finished_at[job_id] < 1.0 for job_id in job_ids), ended
+    # Six waiters, one subscription for the process.
+    assert len(_subscribers(redis_client)) == subscribed_before + 1
     assert jobs.wait(new_job_id(), timeout_s=0.1) is None
+
+
+def test_wait_survives_its_subscription_being_killed(
+    store: ObjectStore, redis_client: redis.Redis, settings: Settings
+) -> None:
+    import threading
+    import time
+
+    jobs = JobStore(settings, store, redis_client)
+    first, second = new_job_id(), new_job_id()
+    jobs.create(_record(first))
+    jobs.create(_record(second))
+    threading.Timer(0.3, lambda: jobs.finish(first, result={"ok": True})).start()
+    assert jobs.wait(first, timeout_s=10).status is Status.DONE  # the listener is up
+    for subscriber in _subscribers(redis_client):
+        redis_client.client_kill_filter(_id=subscriber["id"])
+    threading.Timer(2.5, lambda: jobs.finish(second, result={"ok": True})).start()
+    started = time.monotonic()
+    assert jobs.wait(second, timeout_s=20).status is Status.DONE
+    assert time.monotonic() - started < 4.0  # resubscribed: woken, not left to the re-read

@@ -1,7 +1,11 @@
 """Put accepted jobs without an outcome back on the queue when their message was lost.
 
-S3 knows every accepted job without an outcome (``pending/<id>`` markers). The reconciler
-re-enqueues:
+S3 knows every accepted job without an outcome (``pending/<id>`` markers, which finished
+jobs keep until the reconciler sweeps them). The reconciler, every ``reconcile_interval_s``:
+
+* **sweeps** the markers of finished jobs, in batches (one S3 request per 1,000 keys);
+
+and re-enqueues:
 
 * **lost** jobs: Redis no longer holds their record (flushed, restarted empty). The record
   is put back in Redis from S3 and the job enqueued again;
@@ -45,7 +49,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ReconcileReport:
     requeued: list[str] = field(default_factory=list)
-    closed: list[str] = field(default_factory=list)  # outcome existed; marker cleared
+    closed: list[str] = field(default_factory=list)  # finished; marker swept
     live: int = 0  # a message for them is (or may still be) in the broker
 
     def counts(self) -> dict[str, int]:
@@ -85,13 +89,17 @@ def reconcile(services: Services, app: Celery) -> ReconcileReport:
     now = datetime.now(UTC)
     stale_after_s = services.settings.visibility_timeout_s + services.settings.retry_backoff_max_s
     in_broker: set[str] | None = None  # read once, and only if some job looks stale
-    for job_id in jobs.pending_job_ids():
-        cached = jobs.is_cached(job_id)
-        record = jobs.get(job_id)  # when not cached: reads S3 and puts it back in Redis
+    pending = jobs.pending_job_ids()
+    cached = jobs.cached(pending)
+    for job_id in pending:
+        record = cached.get(job_id) or jobs.get(job_id)  # not cached: S3, back into Redis
         if record is None:
             log.error("pending marker for %s but no job record in S3", job_id)
             continue
-        if cached and not record.status.terminal:
+        if record.status.terminal:
+            report.closed.append(job_id)
+            continue
+        if job_id in cached:
             if not _is_stale(record, now, stale_after_s):
                 report.live += 1
                 continue
@@ -100,18 +108,15 @@ def reconcile(services: Services, app: Celery) -> ReconcileReport:
             if job_id in in_broker:
                 report.live += 1
                 continue
-        if record.status.terminal:
-            # The outcome was written (S3 first, then the cache) but the process died
-            # before clearing the pending entry.
-            jobs.clear_pending(job_id)
-            report.closed.append(job_id)
-            continue
         guard = f"inspectq:requeued:{job_id}"
         if services.redis.set(guard, 1, nx=True, ex=services.settings.visibility_timeout_s):
             enqueue_inspection(app, job_id)
             report.requeued.append(job_id)
-    if report.requeued or report.closed:
+    jobs.clear_pending(report.closed)
+    if report.requeued:
         log.warning("reconciler: %s", report.counts())
+    else:
+        log.info("reconciler: %s", report.counts())
     return report
 
 

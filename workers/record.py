@@ -107,6 +107,6 @@ def copy_pngs(store: ObjectStore, from_job: str, to_job: str) -> bool:
     return True
 
 
-def record_result(jobs: JobStore, job_id: str, result: dict[str, Any]) -> JobRecord:
+def record_result(jobs: JobStore, record: JobRecord, result: dict[str, Any]) -> JobRecord:
     """Write the result; returns the job's outcome (the first one, if another was first)."""
-    return jobs.finish(job_id, result=result)
+    return jobs.finish(record.id, result=result, record=record)

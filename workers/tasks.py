@@ -101,9 +101,9 @@ def inspect_job(services: Services, job_id: str, retries: int = 0) -> JobRecord 
     deliveries = count_delivery(services, job_id, retries)
     if deliveries > settings.max_deliveries:
         return deadletter.dead_letter(services, record, deliveries)
-    jobs.update(job_id, status=Status.PROCESSING, retry=None)
+    record = jobs.update(job_id, record=record, status=Status.PROCESSING, retry=None) or record
     try:
-        final = record_result(jobs, job_id, _run_stages(services, record, started))
+        final = record_result(jobs, record, _run_stages(services, record, started))
     except (TritonUnavailable, StorageUnavailable, redis.ConnectionError,
             redis.TimeoutError) as error:
         code = "triton_unavailable" if isinstance(error, TritonUnavailable) else (
@@ -112,7 +112,7 @@ def inspect_job(services: Services, job_id: str, retries: int = 0) -> JobRecord 
             countdown = backoff_s(retries, settings.retry_backoff_max_s)
             log.warning("job %s: %s (%s); retry %d in %.1fs", job_id, code, error,
                         retries + 1, countdown)
-            jobs.update(job_id, status=Status.RETRYING, retry={
+            jobs.update(job_id, record=record, status=Status.RETRYING, retry={
                 "attempt": retries + 1, "reason": code,
                 "next_attempt_in_s": round(countdown, 1),
             })

@@ -144,7 +144,7 @@ def test_redis_flush_is_reconciled_and_the_worker_finishes_the_job(
     job_id = submit(services, png(strip_with_scratch(seed=23)))
     enqueue_inspection(app, job_id)
     redis_client.flushdb()  # the queue and the job record are gone; S3 still knows it
-    assert services.jobs.is_cached(job_id) is False
+    assert services.jobs.cached([job_id]) == {}
 
     report = reconcile(services, app)
     assert report.requeued == [job_id]
@@ -154,6 +154,7 @@ def test_redis_flush_is_reconciled_and_the_worker_finishes_the_job(
 
     start_worker(settings)
     wait_for(lambda: job_status(services.jobs, job_id) is Status.DONE, 30, "job done")
+    assert reconcile(services, app).closed == [job_id]  # the finished job's entry is swept
     assert job_id not in services.jobs.pending_job_ids()
 
 
