@@ -39,7 +39,7 @@ class StackConfig:
     triton_http_port: int = 8000
     triton_metrics_port: int = 8002
     worker_concurrency: int = 6
-    api_workers: int = 2
+    api_workers: int = 1
     model_python: Path = REPO / ".venv-model" / "bin" / "python"
 
     @property

@@ -2,7 +2,7 @@
 
 Each stage lives in the module named for it: ``fetch`` (S3 get), ``preprocess`` (decode and
 tiles), ``infer`` (Triton), ``postprocess`` (stitch and regions), ``decide`` (traffic light),
-``render`` (mask and overlay PNGs), ``record`` (result to S3 and Redis), ``alert`` (defect
+``render`` (the mask PNG), ``record`` (result to S3 and Redis), ``alert`` (defect
 rate alerts). ``tasks`` runs them in order with the clients of ``services``; ``app`` builds
 the Celery app and ``main`` is the entry module of the worker command line. ``deadletter``
 and ``reconcile`` are ops commands.

@@ -1,13 +1,16 @@
-"""Stage 7: record the outcome: mask and overlay PNGs to S3, then the job's one result.
+"""Stage 7: record the outcome: the mask PNG to S3, then the job's one result.
+
+The overlay is not drawn here: it is a view of the durable record (image, mask, result), so
+the API renders it on its first request and keeps it (``api.overlay``).
 
 ``JobStore.finish`` writes the result with a conditional S3 put, so a redelivered job can
 never record a second, different outcome, and a lost Redis never loses a result.
 
 This module also keeps the **inference cache**: the same image bytes under the same model
 are inferred once. The model's answer (score, regions, size, and which job's S3 objects hold
-the mask and overlay) is kept in Redis at ``inspectq:dedup:<model sha256>:<image sha256>``
+the mask) is kept in Redis at ``inspectq:dedup:<model sha256>:<image sha256>``
 (with the results' TTL), together with the tiling parameters it was made with. A later job
-with the same image copies the PNGs and reuses the regions and score; its decision is still
+with the same image copies the mask and reuses the regions and score; its decision is still
 made from its own thresholds. The cache lives in Redis, not S3, because it is only a cache:
 losing it costs one inference, while an S3 lookup and write would cost every new image two
 object-store round trips.
@@ -36,7 +39,7 @@ class ModelAnswer:
     regions: list[Region]
     width: int
     height: int
-    source_job: str  # the job whose S3 objects hold mask.png and overlay.png
+    source_job: str  # the job whose S3 objects hold mask.png
     params: dict[str, int]  # tiling settings the answer was computed with
 
     def to_json(self) -> dict[str, Any]:
@@ -87,23 +90,18 @@ def remember_answer(
     cache.set(_dedup_key(model_sha, image_sha), json.dumps(answer.to_json()), nx=True, ex=ttl_s)
 
 
-def write_pngs(store: ObjectStore, job_id: str, mask: bytes, overlay: bytes) -> None:
-    keys = keys_for(job_id)
-    store.put(keys.mask, mask, "image/png")
-    store.put(keys.overlay, overlay, "image/png")
+def write_mask(store: ObjectStore, job_id: str, mask: bytes) -> None:
+    store.put(keys_for(job_id).mask, mask, "image/png")
 
 
-def copy_pngs(store: ObjectStore, from_job: str, to_job: str) -> bool:
-    """Copy another job's PNGs; False when they are gone (then infer again)."""
+def copy_mask(store: ObjectStore, from_job: str, to_job: str) -> bool:
+    """Copy another job's mask; False when it is gone (then infer again)."""
     if from_job == to_job:
         return True
-    source, target = keys_for(from_job), keys_for(to_job)
-    mask = store.get(source.mask)
-    overlay = store.get(source.overlay)
-    if mask is None or overlay is None:
+    mask = store.get(keys_for(from_job).mask)
+    if mask is None:
         return False
-    store.put(target.mask, mask, "image/png")
-    store.put(target.overlay, overlay, "image/png")
+    write_mask(store, to_job, mask)
     return True
 
 

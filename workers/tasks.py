@@ -39,12 +39,12 @@ from workers.preprocess import UndecodableImage, decode_image, make_model_input
 from workers.record import (
     ModelAnswer,
     cached_answer,
-    copy_pngs,
+    copy_mask,
     record_result,
     remember_answer,
-    write_pngs,
+    write_mask,
 )
-from workers.render import mask_png, overlay_png
+from workers.render import mask_png
 from workers.services import Services
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def _ms(since: float) -> float:
 
 
 def _run_stages(services: Services, record: JobRecord, started: float) -> dict[str, Any]:
-    """fetch -> preprocess -> infer -> postprocess -> render, or reuse an earlier answer
+    """fetch -> preprocess -> infer -> postprocess -> mask PNG, or reuse an earlier answer
     for the same bytes and model; then decide. Returns the result, not yet recorded."""
     settings, store = services.settings, services.store
     timings: dict[str, float] = {
@@ -171,7 +171,7 @@ def _run_stages(services: Services, record: JobRecord, started: float) -> dict[s
     timings["triton_ms"] = _ms(clock)
     clock = time.perf_counter()
     answer = cached_answer(services.redis, info.sha256, record.image.sha256, params)
-    cache_hit = answer is not None and copy_pngs(store, answer.source_job, record.id)
+    cache_hit = answer is not None and copy_mask(store, answer.source_job, record.id)
     timings["s3_get_ms"] = _ms(clock)
     record_started = time.perf_counter()
     if answer is None or not cache_hit:
@@ -199,12 +199,11 @@ def _run_stages(services: Services, record: JobRecord, started: float) -> dict[s
         timings["postprocess_ms"] = _ms(clock)
 
         record_started = time.perf_counter()
-        write_pngs(store, record.id, mask_png(class_map),
-                   overlay_png(image, class_map, regions, info.classes))
+        write_mask(store, record.id, mask_png(class_map))
         remember_answer(services.redis, info.sha256, record.image.sha256, answer,
                         settings.result_ttl_s)
     decision = decide(answer.score, record.thresholds)
-    # PNG and cache writes; the result's own write (finish) comes after and cannot time itself.
+    # Mask and cache writes; the result's own write (finish) comes after and cannot time itself.
     timings["record_ms"] = _ms(record_started)
     timings["total_ms"] = round((time.time() - started) * 1000, 2)
     timings["ingest_ms"] = record.ingest_ms
@@ -214,7 +213,8 @@ def _run_stages(services: Services, record: JobRecord, started: float) -> dict[s
         "defects": [region.to_json() for region in answer.regions],
         "width": answer.width,
         "height": answer.height,
-        "model": {"name": info.name, "version": info.version, "sha256": info.sha256},
+        "model": {"name": info.name, "version": info.version, "sha256": info.sha256,
+                  "classes": list(info.classes)},
         "thresholds": {"pass": record.thresholds.pass_threshold,
                        "reject": record.thresholds.reject_threshold},
         "timings": timings,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Literal
 
@@ -12,6 +13,7 @@ from spectree import SpecTree
 from api.errors import ApiError
 from api.images import validate_image
 from api.ingest import accept, check_capacity, resolve_thresholds
+from api.overlay import render_overlay
 from api.routes.common import (
     accepted_response,
     idempotency_key,
@@ -22,7 +24,9 @@ from api.schemas import ErrorOut, JobAccepted, JobForm, JobOptions, JobOut, Wait
 from api.services import services
 from api.uploads import read_part, read_raw_body, set_body_limit
 from inspectq.jobs import JobRecord, Status, is_job_id
-from inspectq.storage import keys_for
+from inspectq.storage import StorageUnavailable, keys_for
+
+log = logging.getLogger(__name__)
 
 SECURITY = {"bearer": []}
 
@@ -113,7 +117,8 @@ def add_job_routes(bp: Blueprint, spec: SpecTree) -> None:
     @spec.validate(resp=Responses(HTTP_409=ErrorOut, **_ERRORS), tags=["jobs"],
                    security=SECURITY)
     def get_overlay(job_id: str) -> Response:
-        """The image with its defects drawn on it (PNG); same rules as the mask."""
+        """The image with its defects drawn on it (PNG); same rules as the mask. Rendered
+        on the first request from the stored image and mask, then kept in S3."""
         return _artifact(job_id, "overlay")
 
 
@@ -136,10 +141,28 @@ def _artifact(job_id: str, which: Literal["mask", "overlay"]) -> Response:
             f"Job {job_id} is {record.status.value}; its images exist once it is done.",
             headers={"Retry-After": "1"},
         )
-    if record.status is Status.FAILED:
+    if record.status is Status.FAILED or record.result is None:
         raise ApiError(404, "no_artifact", f"Job {job_id} failed and has no images.")
-    keys = keys_for(job_id)
-    data = services().store.get(keys.mask if which == "mask" else keys.overlay)
+    store, keys = services().store, keys_for(job_id)
+    if which == "mask":
+        data = store.get(keys.mask)
+    else:
+        data = store.get(keys.overlay) or _render_overlay(record)
     if data is None:
         raise ApiError(404, "no_artifact", f"Job {job_id} has no such image.")
     return Response(data, mimetype="image/png")
+
+
+def _render_overlay(record: JobRecord) -> bytes | None:
+    """Render a done job's overlay from its stored image and mask, and keep it in S3."""
+    store, keys = services().store, keys_for(record.id)
+    image, mask = store.get(record.image.key), store.get(keys.mask)
+    if image is None or mask is None or record.result is None:
+        return None
+    data = render_overlay(image, mask, record.result["defects"],
+                          record.result["model"].get("classes", []))
+    try:
+        store.put(keys.overlay, data, "image/png")
+    except StorageUnavailable:
+        log.warning("overlay of %s served but not stored (S3 unavailable)", record.id)
+    return data

@@ -15,6 +15,12 @@ from flask.testing import FlaskClient
 from tests.api.conftest import AUTH, image_bytes, queued_job_ids, submit
 
 
+def altered_pixel_data(png: bytes) -> bytes:
+    """The PNG with one byte of its compressed pixel data changed (a bit flip in transit)."""
+    at = png.index(b"IDAT") + 4 + 6  # inside the chunk data, past the zlib header
+    return png[:at] + bytes([png[at] ^ 0x10]) + png[at + 1:]
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG whose header declares ``width`` x ``height`` (a decompression bomb)."""
 
@@ -55,6 +61,7 @@ def _nothing_enqueued_and_still_healthy(
         (b"", 400, "empty_image"),
         (b"hello, I am text", 415, "not_an_image"),
         (image_bytes("PNG", (200, 200))[:-40], 400, "corrupt_image"),
+        (altered_pixel_data(image_bytes("PNG", (200, 200))), 400, "corrupt_image"),
         (image_bytes("JPEG", (200, 200))[:400], 400, "corrupt_image"),
         (png_header_only(50_000, 50_000), 413, "too_many_pixels"),
         (png_header_only(8000, 6000), 413, "too_many_pixels"),
@@ -62,8 +69,8 @@ def _nothing_enqueued_and_still_healthy(
         (image_bytes("GIF"), 415, "unsupported_image_type"),
         (image_bytes("WEBP"), 415, "unsupported_image_type"),
     ],
-    ids=["empty", "text", "truncated-png", "truncated-jpeg", "bomb", "too-many-pixels",
-         "zero-width", "gif", "webp"],
+    ids=["empty", "text", "truncated-png", "altered-png", "truncated-jpeg", "bomb",
+         "too-many-pixels", "zero-width", "gif", "webp"],
 )
 def test_bad_images_are_refused(
     client: FlaskClient, data: bytes, status: int, code: str

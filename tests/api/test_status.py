@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from pathlib import Path
@@ -9,19 +10,28 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from PIL import Image
 
 from api.apikeys import add_key
+from api.overlay import colour
 from inspectq.jobs import JobError, Status
 from inspectq.storage import keys_for
 from tests.api.conftest import AUTH, image_bytes, services_of, submit
 
+
+def png_of(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 RESULT = {
     "decision": "REJECT",
     "score": 0.91,
-    "defects": [{"class": "scratch", "area_px": 120, "bbox": [1, 2, 10, 12]}],
+    "defects": [{"class": "scratch", "score": 0.91, "area_px": 90, "bbox": [1, 2, 10, 12]}],
     "width": 32,
     "height": 24,
-    "model": {"name": "inspectq_seg", "version": "1"},
+    "model": {"name": "inspectq_seg", "version": "1", "classes": ["background", "scratch"]},
     "thresholds": {"pass": 0.4, "reject": 0.65},
     "timings": {"queue_ms": 3.0, "infer_ms": 20.0},
 }
@@ -56,9 +66,10 @@ def test_a_done_job_shows_its_result_and_images(
     svc.jobs.update(job_id, status=Status.PROCESSING)
     assert client.get(f"/v1/jobs/{job_id}", headers=AUTH).json["status"] == "processing"
 
-    mask, overlay = image_bytes("PNG", (32, 24), "L"), image_bytes("PNG", (32, 24))
+    class_map = Image.new("L", (32, 24), 0)
+    class_map.paste(1, (1, 2, 10, 12))  # the scratch of RESULT
+    mask = png_of(class_map)
     svc.store.put(keys_for(job_id).mask, mask, "image/png")
-    svc.store.put(keys_for(job_id).overlay, overlay, "image/png")
     svc.jobs.finish(job_id, result=RESULT)
 
     body = client.get(f"/v1/jobs/{job_id}", headers=AUTH).json
@@ -66,7 +77,15 @@ def test_a_done_job_shows_its_result_and_images(
     got_mask = client.get(f"/v1/jobs/{job_id}/mask", headers=AUTH)
     assert got_mask.status_code == 200 and got_mask.mimetype == "image/png"
     assert got_mask.data == mask
-    assert client.get(f"/v1/jobs/{job_id}/overlay", headers=AUTH).data == overlay
+    # The overlay is drawn on its first request from the stored image and mask, then kept.
+    assert svc.store.get(keys_for(job_id).overlay) is None
+    got_overlay = client.get(f"/v1/jobs/{job_id}/overlay", headers=AUTH)
+    assert got_overlay.status_code == 200 and got_overlay.mimetype == "image/png"
+    drawn = Image.open(io.BytesIO(got_overlay.data))
+    assert drawn.size == (32, 24) and drawn.getpixel((20, 20)) == (0, 0, 0)
+    assert drawn.getpixel((1, 2)) == colour(1)  # the box's corner, in the scratch colour
+    assert svc.store.get(keys_for(job_id).overlay) == got_overlay.data
+    assert client.get(f"/v1/jobs/{job_id}/overlay", headers=AUTH).data == got_overlay.data
 
 
 def test_a_failed_job_shows_its_reason_and_has_no_images(

@@ -18,7 +18,7 @@ from tests.workers.conftest import (
     strip_with_scratch,
     submit,
 )
-from tests.workers.triton_server import fixture_sha256
+from tests.workers.triton_server import CLASSES, fixture_sha256
 from workers import deadletter
 from workers.app import create_app
 from workers.services import Services, build_services
@@ -47,7 +47,8 @@ def test_steel_strip_is_inspected_end_to_end(services: Services) -> None:
         "area_ratio": pytest.approx(800 / (1600 * 256), abs=1e-6),
     }]
     assert result["model"] == {"name": "inspectq_seg", "version": "1",
-                               "sha256": fixture_sha256()}
+                               "sha256": fixture_sha256(),
+                               "classes": list(CLASSES)}
     assert result["thresholds"] == {"pass": 0.40, "reject": 0.65}
     assert set(result["timings"]) == {"queue_wait_ms", "s3_get_ms", "preprocess_ms",
                                       "triton_ms", "postprocess_ms", "record_ms", "total_ms",
@@ -57,8 +58,8 @@ def test_steel_strip_is_inspected_end_to_end(services: Services) -> None:
                         cv2.IMREAD_UNCHANGED)
     assert mask.shape == (256, 1600) and (mask[10:30, 1500:1540] == 1).all()
     assert int(mask.sum()) == 800
-    overlay = services.store.get(keys_for(job_id).overlay)
-    assert overlay is not None and overlay.startswith(b"\x89PNG")
+    # No overlay yet: the API draws it on its first request.
+    assert services.store.get(keys_for(job_id).overlay) is None
     # The outcome is durable: a flushed Redis gives the same result back from S3.
     services.redis.flushdb()
     assert services.jobs.get(job_id).result == result
