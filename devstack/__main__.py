@@ -102,7 +102,7 @@ def bench_command(images: int, clients: int, triton_clients: int) -> None:
     bench.end_to_end(config, pictures[images:], clients)  # warm-up: worker processes, Triton
     click.echo("model in-process and Triton alone (model env) ...")
     model = bench.model_and_triton(config, triton_clients, seconds=15)
-    e2e, timings = bench.end_to_end(config, pictures[:images], clients)
+    e2e, timings = bench.end_to_end(config, pictures[:images], clients, bench.CpuCensus(config))
     text = bench.report(model, e2e, timings)
     click.echo(text)
     (config.var_dir / "bench.txt").write_text(text + "\n")
