@@ -5,7 +5,8 @@ request would hold one Redis connection for every open long-poll and cost a SUBS
 an UNSUBSCRIBE round trip each; instead one daemon thread per process listens on the
 pattern ``inspectq:job-ended:*`` and wakes the requests waiting for that job. The thread
 starts on first use (so never before a fork) and reconnects after a Redis outage; while it
-is away, waiters fall back to re-reading the record every ``recheck_s`` seconds.
+is away, waiters fall back to re-reading the record (``JobStore.wait`` does so at least every
+``WAIT_RECHECK_S`` seconds anyway).
 """
 
 from __future__ import annotations

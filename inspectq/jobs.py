@@ -139,7 +139,6 @@ class JobStore:
     def _redis_key(job_id: str) -> str:
         return f"inspectq:job:{job_id}"
 
-
     def _cache(self, record: JobRecord) -> None:
         self._redis.set(self._redis_key(record.id), record.to_json(), ex=self._ttl)
 

@@ -141,7 +141,7 @@ def _artifact(job_id: str, which: Literal["mask", "overlay"]) -> Response:
             f"Job {job_id} is {record.status.value}; its images exist once it is done.",
             headers={"Retry-After": "1"},
         )
-    if record.status is Status.FAILED or record.result is None:
+    if record.status is Status.FAILED:
         raise ApiError(404, "no_artifact", f"Job {job_id} failed and has no images.")
     store, keys = services().store, keys_for(job_id)
     if which == "mask":
