@@ -79,6 +79,7 @@ class JobEndings:
         self._thread.start()
 
     def _listen(self) -> None:
+        outage = False  # log an outage once, and its end, not every retry
         while True:
             pubsub = self._redis.pubsub()
             try:
@@ -90,12 +91,17 @@ class JobEndings:
                         continue
                     if message["type"] == "psubscribe":
                         self._subscribed.set()
+                        if outage:
+                            log.warning("job-endings listener subscribed again")
+                            outage = False
                     elif message["type"] == "pmessage":
                         name = message["channel"]
                         name = name.decode() if isinstance(name, bytes) else name
                         self._wake(name.removeprefix(CHANNEL_PREFIX))
             except (redis.RedisError, OSError) as error:
-                log.warning("job-endings listener lost Redis (%s); resubscribing", error)
+                if not outage:
+                    log.warning("job-endings listener lost Redis (%s); resubscribing", error)
+                    outage = True
             finally:
                 self._subscribed.clear()
                 pubsub.close()
