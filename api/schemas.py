@@ -154,8 +154,8 @@ class JobOut(BaseModel):
     metadata: dict[str, Any] | None = None
     result: dict[str, Any] | None = Field(
         default=None,
-        description="When done: decision, score, defects, width, height, model, thresholds,"
-        " timings.",
+        description="When done: decision, score, defects, width, height, model (name,"
+        " version, sha256, classes: mask.png value k is classes[k]), thresholds, timings.",
     )
     error: JobErrorOut | None = None
     retry: dict[str, Any] | None = None
