@@ -139,8 +139,9 @@ class JobStore:
     def _redis_key(job_id: str) -> str:
         return f"inspectq:job:{job_id}"
 
-    def _cache(self, record: JobRecord) -> None:
-        self._redis.set(self._redis_key(record.id), record.to_json(), ex=self._ttl)
+    def _cache(self, record: JobRecord, client: redis.Redis | None = None) -> None:
+        """Put ``record`` in Redis (through ``client``, e.g. a pipeline, when given)."""
+        (client or self._redis).set(self._redis_key(record.id), record.to_json(), ex=self._ttl)
 
     def create(self, record: JobRecord) -> None:
         """Persist a newly accepted job: S3 first (durable), then the Redis cache."""
@@ -208,7 +209,7 @@ class JobStore:
         except ObjectExists:
             final = JobRecord.model_validate(self._store.get_json(keys.result))
         pipe = self._redis.pipeline(transaction=False)
-        pipe.set(self._redis_key(job_id), final.to_json(), ex=self._ttl)
+        self._cache(final, pipe)
         pipe.publish(channel(job_id), final.status.value)
         pipe.execute()
         return final
