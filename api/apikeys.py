@@ -5,7 +5,7 @@ password stretching is needed); only the hashes are kept. The keys file is JSON:
 
     {"keys": [{"id": "k_...", "tenant": "acme", "sha256": "<hex>", "created_at": "..."}]}
 
-It is managed with ``python -m api.keys`` and re-read whenever it changes on disk, so a
+It is managed with ``inspectq keys`` and re-read whenever it changes on disk, so a
 revoked key stops working without a restart. ``Settings.api_key`` is a bootstrap key for
 tenant ``default`` (empty disables it).
 """

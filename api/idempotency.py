@@ -1,6 +1,6 @@
 """``Idempotency-Key``: a repeated upload with the same key gets the same job back.
 
-The claim is an S3 object ``idempotency/<tenant>/<sha256(key)>`` written with a conditional
+The claim is an S3 object ``keyspace.idempotency_claim(tenant, key)`` written with a conditional
 put, so it is durable and race-free: of two concurrent requests with one key exactly one
 writes it, and the other answers with the winner's job. The key itself never becomes part of
 an S3 key, only its digest. Claims carry the image's digest, so reusing a key for a different
@@ -9,12 +9,12 @@ image is refused instead of silently answering with the wrong job.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
 
 from api.errors import ApiError
+from inspectq import keyspace
 from inspectq.storage import ObjectExists, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,8 @@ class IdempotencyClaims:
     def __init__(self, store: ObjectStore) -> None:
         self._store = store
 
-    @staticmethod
-    def _object_key(tenant: str, key: str) -> str:
-        return f"idempotency/{tenant}/{hashlib.sha256(key.encode()).hexdigest()}"
-
     def find(self, tenant: str, key: str) -> Claim | None:
-        data = self._store.get_json(self._object_key(tenant, key))
+        data = self._store.get_json(keyspace.idempotency_claim(tenant, key))
         return None if data is None else Claim(**data)
 
     def claim(self, tenant: str, key: str, job_id: str, image_sha256: str) -> Claim:
@@ -55,7 +51,8 @@ class IdempotencyClaims:
         one a concurrent request wrote first."""
         mine = Claim(job_id=job_id, image_sha256=image_sha256)
         try:
-            self._store.put_json(self._object_key(tenant, key), mine.__dict__, only_if_new=True)
+            self._store.put_json(keyspace.idempotency_claim(tenant, key), mine.__dict__,
+                                 only_if_new=True)
         except ObjectExists:
             winner = self.find(tenant, key)
             if winner is None:  # released between our write and our read: the caller retries
@@ -65,7 +62,7 @@ class IdempotencyClaims:
 
     def release(self, tenant: str, key: str) -> None:
         """Forget a claim whose job could not be accepted, so a retry starts afresh."""
-        self._store.delete(self._object_key(tenant, key))
+        self._store.delete(keyspace.idempotency_claim(tenant, key))
 
 
 def in_progress() -> ApiError:

@@ -25,17 +25,10 @@ from api.idempotency import in_progress, mismatch
 from api.images import AcceptedImage
 from api.schemas import JobOptions
 from api.services import Services
-from inspectq.jobs import (
-    ImageRef,
-    JobError,
-    JobRecord,
-    Status,
-    Thresholds,
-    new_job_id,
-    utc_now,
-)
+from inspectq.jobs import ImageRef, JobError, JobRecord, Status, new_job_id, utc_now
+from inspectq.keyspace import keys_for
 from inspectq.queue import enqueue_inspection, pending_count
-from inspectq.storage import keys_for
+from inspectq.result import Thresholds
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,11 @@ where the model saw the defects.
 from __future__ import annotations
 
 import io
-from typing import Any
+from collections.abc import Sequence
 
 from PIL import Image, ImageDraw
+
+from inspectq.result import Region
 
 #: RGB colours by class index (0 is background, never drawn); cycles for many classes.
 _PALETTE = [
@@ -49,7 +51,7 @@ def _tint(mask: Image.Image) -> Image.Image:
 
 
 def render_overlay(
-    image_bytes: bytes, mask_png: bytes, defects: list[dict[str, Any]], classes: list[str]
+    image_bytes: bytes, mask_png: bytes, defects: Sequence[Region], classes: Sequence[str]
 ) -> bytes:
     """The overlay PNG of one job. ``classes`` maps mask values to names (``classes[k]``)."""
     with Image.open(io.BytesIO(image_bytes)) as original:
@@ -63,11 +65,11 @@ def render_overlay(
     draw = ImageDraw.Draw(canvas)
     thickness = max(1, min(base.size) // 200)
     for defect in defects:
-        name = defect["class"]
+        name = defect.class_name
         index = classes.index(name) if name in classes else 1
-        x0, y0, x1, y1 = defect["bbox"]
+        x0, y0, x1, y1 = defect.bbox
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour(index), width=thickness)
-        draw.text((x0, max(0, y0 - 12)), f"{name} {defect['score']:.2f}", fill=colour(index))
+        draw.text((x0, max(0, y0 - 12)), f"{name} {defect.score:.2f}", fill=colour(index))
     out = io.BytesIO()
     canvas.save(out, "PNG", compress_level=1)
     return out.getvalue()

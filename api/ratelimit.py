@@ -20,6 +20,7 @@ from flask_limiter.util import get_remote_address
 from api.auth import bearer_token
 from api.errors import ApiError, error_response
 from inspectq.config import Settings
+from inspectq.keyspace import RATE_LIMIT_PREFIX
 
 
 def _limit_key() -> str:
@@ -38,7 +39,7 @@ def install_rate_limits(app: Flask, settings: Settings, blueprint: Blueprint) ->
         storage_options={"socket_connect_timeout": 3, "socket_timeout": 5},
         headers_enabled=False,
         swallow_errors=True,
-        key_prefix="inspectq-ratelimit",
+        key_prefix=RATE_LIMIT_PREFIX,
     )
     limiter.limit(settings.rate_limit)(blueprint)
     limiter.init_app(app)

@@ -19,6 +19,9 @@ from pydantic import (
 )
 from werkzeug.datastructures import FileStorage
 
+from inspectq.jobs import RetryState, Status
+from inspectq.result import InspectionResult
+
 #: Production line and camera ids. They appear in records and metrics, never in S3 keys,
 #: and the strict pattern keeps them from smuggling anything anywhere.
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
@@ -146,19 +149,15 @@ class JobOut(BaseModel):
     """What ``GET /v1/jobs/<id>`` answers (``JobRecord.public()``)."""
 
     id: str
-    status: Literal["queued", "processing", "retrying", "done", "failed"]
+    status: Status
     created_at: str
     updated_at: str
     line: str
     camera: str | None = None
     metadata: dict[str, Any] | None = None
-    result: dict[str, Any] | None = Field(
-        default=None,
-        description="When done: decision, score, defects, width, height, model (name,"
-        " version, sha256, classes: mask.png value k is classes[k]), thresholds, timings.",
-    )
-    error: JobErrorOut | None = None
-    retry: dict[str, Any] | None = None
+    result: InspectionResult | None = Field(default=None, description="When done.")
+    error: JobErrorOut | None = Field(default=None, description="When failed: why.")
+    retry: RetryState | None = Field(default=None, description="While retrying.")
 
 
 class ErrorDetail(BaseModel):

@@ -5,26 +5,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
 from celery import Celery
 from flask import current_app
 
 from api.apikeys import KeyRegistry
 from api.idempotency import IdempotencyClaims
 from api.metrics import ApiMetrics
+from inspectq.backends import Backends
 from inspectq.config import Settings
-from inspectq.connections import connect_redis
-from inspectq.jobs import JobStore
 from inspectq.queue import make_celery
-from inspectq.storage import ObjectStore
 
 
 @dataclass(frozen=True)
-class Services:
-    settings: Settings
-    store: ObjectStore
-    redis: redis.Redis
-    jobs: JobStore
+class Services(Backends):
+    """S3, Redis and the job records (:class:`Backends`), plus what only the API uses."""
+
     celery: Celery
     keys: KeyRegistry
     claims: IdempotencyClaims
@@ -34,16 +29,12 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         """Create the clients. Nothing connects yet: an outage shows at the first request
         (503) and in ``/readyz``, never as a crash at start-up."""
-        store = ObjectStore(settings)
-        redis_client = connect_redis(settings)
+        core = Backends.connect(settings)
         return cls(
-            settings=settings,
-            store=store,
-            redis=redis_client,
-            jobs=JobStore(settings, store, redis_client),
+            **vars(core),
             celery=make_celery(settings),
             keys=KeyRegistry(settings.api_keys_file, settings.api_key.get_secret_value()),
-            claims=IdempotencyClaims(store),
+            claims=IdempotencyClaims(core.store),
             metrics=ApiMetrics(),
         )
 

@@ -14,7 +14,6 @@ import secrets
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from devstack import procs
 from devstack.bench import bench_images
 from devstack.client import ApiError, InspectqClient
-from devstack.stack import REPO, StackConfig, services, settings_env
+from devstack.stack import REPO, StackConfig, services, settings_env, venv_bin
 
 
 @dataclass
@@ -85,7 +84,7 @@ def _pool_children(dirs: procs.RunDirs) -> list[int]:
 def _reconcile(config: StackConfig) -> str:
     """Run the reconciler once, as ops would; return its last output line."""
     proc = subprocess.run(
-        [sys.executable, "-m", "workers.reconcile"],
+        [venv_bin("inspectq"), "reconcile"],
         cwd=REPO, env={**os.environ, **settings_env(config.settings)},
         capture_output=True, text=True, check=False,
     )

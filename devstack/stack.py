@@ -21,7 +21,8 @@ from pydantic import SecretStr
 from devstack import procs, seaweed
 from devstack.ports import free_port, http_ok, port_open, wait_until
 from inspectq.config import Settings
-from inspectq.queue import QUEUE, make_celery
+from inspectq.keyspace import QUEUE
+from inspectq.queue import make_celery
 from inspectq.storage import ObjectStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ class StackConfig:
         return urlparse(self.settings.s3_endpoint_url or "").port or 8333
 
 
-def _bin(name: str) -> str:
+def venv_bin(name: str) -> str:
     """An executable of the running venv (celery, gunicorn), so no PATH activation is needed."""
     return str(Path(sys.executable).parent / name)
 
@@ -161,7 +162,7 @@ def services(config: StackConfig) -> dict[str, procs.Service]:
         ),
         "worker": procs.Service(
             name="worker",
-            argv=[_bin("celery"), "-A", "workers.main", "worker", "-Q", QUEUE,
+            argv=[venv_bin("celery"), "-A", "workers.main", "worker", "-Q", QUEUE,
                   "--concurrency", str(config.worker_concurrency), "-O", "fair",
                   "--loglevel", "INFO", "--hostname", "inspectq-local@%h"],
             ready=_worker_ready(config),
@@ -175,7 +176,7 @@ def services(config: StackConfig) -> dict[str, procs.Service]:
         # The periodic reconciler (re-enqueues accepted jobs whose messages were lost).
         "beat": procs.Service(
             name="beat",
-            argv=[_bin("celery"), "-A", "workers.main", "beat", "--loglevel", "INFO",
+            argv=[venv_bin("celery"), "-A", "workers.main", "beat", "--loglevel", "INFO",
                   "--schedule", str(config.var_dir / "run" / "celerybeat-schedule")],
             ready=lambda: True,
             cwd=REPO,
@@ -184,7 +185,7 @@ def services(config: StackConfig) -> dict[str, procs.Service]:
         ),
         "api": procs.Service(
             name="api",
-            argv=[_bin("gunicorn"), "--config", str(REPO / "api" / "gunicorn.conf.py"),
+            argv=[venv_bin("gunicorn"), "--config", str(REPO / "api" / "gunicorn.conf.py"),
                   "--bind", f"127.0.0.1:{config.api_port}",
                   "--workers", str(config.api_workers), "api.app:create_app()"],
             ready=lambda: http_ok(f"{config.api_url}/healthz"),

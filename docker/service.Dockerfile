@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # One image for the API (gunicorn) and the workers (celery) and the ops commands
-# (python -m workers.reconcile / workers.deadletter / api.keys). No torch in here.
+# (the `inspectq` command: reconcile, deadletter, keys). No torch in here.
 # Build from the repo root: docker build -f docker/service.Dockerfile -t inspectq-service .
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -11,8 +11,11 @@ RUN python -m venv /opt/venv
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY inspectq ./inspectq
+COPY inspectq_cli ./inspectq_cli
 COPY api ./api
 COPY workers ./workers
+# `inspectq model list|select|verify` read the repositories; torch (for `install`) is not here.
+COPY triton_models ./triton_models
 # Editable, as on a developer machine: the commands name files under /app
 # (api/gunicorn.conf.py), so the source stays in one place and the venv points at it.
 RUN /opt/venv/bin/pip install -e '.[api,worker]' \

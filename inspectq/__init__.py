@@ -1,4 +1,9 @@
-"""inspectq's shared core: settings, S3 storage, job records and the Celery app definition.
+"""inspectq's shared core: the domain's nouns and the stores, used by the API, the workers
+and the ``inspectq`` command alike. It never imports ``api/``, ``workers/`` or torch.
 
-The API (``api/``) and the workers (``workers/``) both build on it; it never imports torch.
+Read in this order: ``result`` (what an inspection concludes: decision, score, regions,
+model, thresholds, timings), ``jobs`` (the job record and its store), ``keyspace`` (every
+Redis and S3 key), ``config`` (every setting), ``storage`` (S3), ``queue`` (the Celery app
+both sides share), ``backends`` (S3 + Redis + job records, built per process),
+``endings`` (long-poll wake-ups), ``connections`` (Redis client with timeouts).
 """

@@ -1,9 +1,9 @@
 """Wake long-polls when their job ends, over one Redis subscription per process.
 
-``JobStore.finish`` publishes on ``inspectq:job-ended:<id>``. A subscription per waiting
+``JobStore.finish`` publishes on ``keyspace.job_ended(<id>)``. A subscription per waiting
 request would hold one Redis connection for every open long-poll and cost a SUBSCRIBE and
 an UNSUBSCRIBE round trip each; instead one daemon thread per process listens on the
-pattern ``inspectq:job-ended:*`` and wakes the requests waiting for that job. The thread
+pattern ``keyspace.JOB_ENDED_PATTERN`` and wakes the requests waiting for that job. The thread
 starts on first use (so never before a fork) and reconnects after a Redis outage; while it
 is away, waiters fall back to re-reading the record (``JobStore.wait`` does so at least every
 ``WAIT_RECHECK_S`` seconds anyway).
@@ -20,19 +20,16 @@ from contextlib import contextmanager
 
 import redis
 
+from inspectq import keyspace
+
 log = logging.getLogger(__name__)
 
-CHANNEL_PREFIX = "inspectq:job-ended:"
 #: How long the listener waits before subscribing again after Redis went away.
 _RECONNECT_DELAY_S = 1.0
 #: Longest single read of the subscription (below the Redis client's socket timeout).
 _POLL_S = 2.0
 #: How long ``watch`` waits for the first subscription of a process to be confirmed.
 _SUBSCRIBE_WAIT_S = 2.0
-
-
-def channel(job_id: str) -> str:
-    return CHANNEL_PREFIX + job_id
 
 
 class JobEndings:
@@ -83,7 +80,7 @@ class JobEndings:
         while True:
             pubsub = self._redis.pubsub()
             try:
-                pubsub.psubscribe(CHANNEL_PREFIX + "*")
+                pubsub.psubscribe(keyspace.JOB_ENDED_PATTERN)
                 while True:
                     # A bounded read: the client's socket timeout would end an idle listen().
                     message = pubsub.get_message(timeout=_POLL_S)
@@ -97,7 +94,7 @@ class JobEndings:
                     elif message["type"] == "pmessage":
                         name = message["channel"]
                         name = name.decode() if isinstance(name, bytes) else name
-                        self._wake(name.removeprefix(CHANNEL_PREFIX))
+                        self._wake(keyspace.job_id_of_channel(name))
             except (redis.RedisError, OSError) as error:
                 if not outage:
                     log.warning("job-endings listener lost Redis (%s); resubscribing", error)

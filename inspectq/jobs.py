@@ -2,13 +2,14 @@
 
 The record lives in two places on purpose:
 
-* S3 is the durable record. ``pending/<id>`` holds the accepted record from the moment the
-  job is accepted until the reconciler sees its outcome (so listing ``pending/`` finds every
-  unfinished job, and some just finished); ``jobs/<id>/result.json`` holds the final record
-  (``done`` or ``failed``) and is written with a conditional put, so the first outcome wins
-  and a redelivered job can never report a second, different one. Finishing a job does not
-  delete its ``pending/`` entry: the reconciler sweeps finished jobs' entries in batches
-  (one S3 request per 1,000), which keeps a delete off every job's hot path.
+* S3 is the durable record (keys in :mod:`inspectq.keyspace`). ``pending/<id>`` holds the
+  accepted record from the moment the job is accepted until the reconciler sees its outcome
+  (so listing ``pending/`` finds every unfinished job, and some just finished);
+  ``jobs/<id>/result.json`` holds the final record (``done`` or ``failed``) and is written
+  with a conditional put, so the first outcome wins and a redelivered job can never report a
+  second, different one. Finishing a job does not delete its ``pending/`` entry: the
+  reconciler sweeps finished jobs' entries in batches (one S3 request per 1,000), which
+  keeps a delete off every job's hot path.
 * Redis is the fast cache the API polls (``inspectq:job:<id>``, with a TTL) and carries the
   transient states (``processing``, ``retrying``). When Redis loses it, :meth:`JobStore.get`
   falls back to S3 and puts it back.
@@ -28,12 +29,13 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
+from inspectq import keyspace
 from inspectq.config import Settings
-from inspectq.endings import JobEndings, channel
-from inspectq.storage import ObjectExists, ObjectStore, keys_for
+from inspectq.endings import JobEndings
+from inspectq.result import InspectionResult, Thresholds
+from inspectq.storage import ObjectExists, ObjectStore
 
 _JOB_ID = re.compile(r"^j_[A-Za-z0-9_-]{22}$")
-PENDING_PREFIX = "pending/"
 #: A long-poll re-reads the record at least this often, in case an ending was missed.
 WAIT_RECHECK_S = 5.0
 
@@ -75,11 +77,12 @@ class ImageRef(BaseModel):
     content_type: str
 
 
-class Thresholds(BaseModel):
-    pass_threshold: float = Field(alias="pass", serialization_alias="pass")
-    reject_threshold: float = Field(alias="reject", serialization_alias="reject")
+class RetryState(BaseModel):
+    """While a job is ``retrying``: which attempt comes next, why, and when."""
 
-    model_config = {"populate_by_name": True}
+    attempt: int = Field(description="The retry that comes next (1 is the first).")
+    reason: str = Field(description="triton_unavailable or storage_unavailable.")
+    next_attempt_in_s: float
 
 
 class JobRecord(BaseModel):
@@ -95,11 +98,9 @@ class JobRecord(BaseModel):
     thresholds: Thresholds
     image: ImageRef
     ingest_ms: float = 0.0
-    result: dict[str, Any] | None = None
+    result: InspectionResult | None = None
     error: JobError | None = None
-    retry: dict[str, Any] | None = Field(
-        default=None, description="While retrying: attempt, reason, next_attempt_in_s."
-    )
+    retry: RetryState | None = None
 
     def public(self) -> dict[str, Any]:
         """What a client sees: no tenant, no internal keys."""
@@ -115,11 +116,11 @@ class JobRecord(BaseModel):
         if self.metadata:
             body["metadata"] = self.metadata
         if self.result is not None:
-            body["result"] = self.result
+            body["result"] = self.result.model_dump(mode="json", by_alias=True)
         if self.error is not None:
             body["error"] = self.error.model_dump()
         if self.retry is not None:
-            body["retry"] = self.retry
+            body["retry"] = self.retry.model_dump()
         return body
 
     def to_json(self) -> str:
@@ -135,26 +136,22 @@ class JobStore:
         self._ttl = settings.result_ttl_s
         self._endings = JobEndings(redis_client)
 
-    @staticmethod
-    def _redis_key(job_id: str) -> str:
-        return f"inspectq:job:{job_id}"
-
     def _cache(self, record: JobRecord, client: redis.Redis | None = None) -> None:
         """Put ``record`` in Redis (through ``client``, e.g. a pipeline, when given)."""
-        (client or self._redis).set(self._redis_key(record.id), record.to_json(), ex=self._ttl)
+        (client or self._redis).set(keyspace.job_cache(record.id), record.to_json(), ex=self._ttl)
 
     def create(self, record: JobRecord) -> None:
         """Persist a newly accepted job: S3 first (durable), then the Redis cache."""
-        self._store.put_json(PENDING_PREFIX + record.id, record.model_dump(by_alias=True))
+        self._store.put(keyspace.pending(record.id), record.to_json().encode(), "application/json")
         self._cache(record)
 
     def get(self, job_id: str) -> JobRecord | None:
         """The newest known state: Redis, else the S3 outcome, else the S3 accepted record."""
-        cached = self._redis.get(self._redis_key(job_id))
+        cached = self._redis.get(keyspace.job_cache(job_id))
         if cached is not None:
             return JobRecord.model_validate_json(cached)
-        data = (self._store.get_json(keys_for(job_id).result)
-                or self._store.get_json(PENDING_PREFIX + job_id))
+        data = (self._store.get_json(keyspace.keys_for(job_id).result)
+                or self._store.get_json(keyspace.pending(job_id)))
         if data is None:
             return None
         record = JobRecord.model_validate(data)
@@ -181,7 +178,7 @@ class JobStore:
         self,
         job_id: str,
         *,
-        result: dict[str, Any] | None = None,
+        result: InspectionResult | None = None,
         error: JobError | None = None,
         record: JobRecord | None = None,
     ) -> JobRecord:
@@ -203,14 +200,15 @@ class JobStore:
                 "updated_at": utc_now(),
             }
         )
-        keys = keys_for(job_id)
+        result_key = keyspace.keys_for(job_id).result
         try:
-            self._store.put_json(keys.result, final.model_dump(by_alias=True), only_if_new=True)
+            self._store.put(result_key, final.to_json().encode(), "application/json",
+                            only_if_new=True)
         except ObjectExists:
-            final = JobRecord.model_validate(self._store.get_json(keys.result))
+            final = JobRecord.model_validate(self._store.get_json(result_key))
         pipe = self._redis.pipeline(transaction=False)
         self._cache(final, pipe)
-        pipe.publish(channel(job_id), final.status.value)
+        pipe.publish(keyspace.job_ended(job_id), final.status.value)
         pipe.execute()
         return final
 
@@ -233,11 +231,12 @@ class JobStore:
 
     def clear_pending(self, job_ids: list[str]) -> None:
         """Drop the ``pending/`` entries of jobs whose outcomes are already in S3."""
-        self._store.delete_many([PENDING_PREFIX + job_id for job_id in job_ids])
+        self._store.delete_many([keyspace.pending(job_id) for job_id in job_ids])
 
     def pending_job_ids(self) -> list[str]:
         """Accepted jobs that have no outcome yet (the reconciler's work list)."""
-        return [key[len(PENDING_PREFIX):] for key in self._store.list_keys(PENDING_PREFIX)]
+        return [keyspace.job_id_of_pending(key)
+                for key in self._store.list_keys(keyspace.PENDING_PREFIX)]
 
     def cached(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """The records Redis still holds among ``job_ids`` (one MGET per 1,000); a job
@@ -246,7 +245,7 @@ class JobStore:
         for start in range(0, len(job_ids), 1000):
             chunk = job_ids[start:start + 1000]
             for job_id, raw in zip(chunk, self._redis.mget(
-                    [self._redis_key(job_id) for job_id in chunk]), strict=True):
+                    [keyspace.job_cache(job_id) for job_id in chunk]), strict=True):
                 if raw is not None:
                     found[job_id] = JobRecord.model_validate_json(raw)
         return found
@@ -263,7 +262,7 @@ class JobStore:
             update={"status": Status.QUEUED, "result": None, "error": None, "retry": None,
                     "enqueued_at": time.time(), "updated_at": utc_now()}
         )
-        self._store.put_json(PENDING_PREFIX + job_id, queued.model_dump(by_alias=True))
-        self._store.delete(keys_for(job_id).result)
+        self._store.put(keyspace.pending(job_id), queued.to_json().encode(), "application/json")
+        self._store.delete(keyspace.keys_for(job_id).result)
         self._cache(queued)
         return queued

@@ -10,13 +10,15 @@ import redis
 from celery import Celery
 
 from inspectq.config import Settings
+from inspectq.keyspace import QUEUE, UNACKED
 
-QUEUE = "inspectq"
 INSPECT_TASK = "inspectq.inspect"
+RECONCILE_TASK = "inspectq.reconcile"
 
 
 def make_celery(settings: Settings) -> Celery:
-    """Build the Celery app. Settings for long inference jobs, and why:
+    """Build the Celery app: enough to send (the API, the ops commands); the workers add
+    their tasks to it (``workers.app``). Settings for long inference jobs, and why:
 
     * ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acked only after its
       job is recorded, and a worker killed mid-job hands it back: at-least-once delivery.
@@ -47,7 +49,8 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def enqueue_inspection(app: Celery, job_id: str) -> None:
-    """Put one job on the queue by name, so the API never imports worker code."""
+    """Put one job on the queue by name, so nothing that sends imports worker code. The
+    message carries the job id and nothing else."""
     app.send_task(INSPECT_TASK, args=[job_id], queue=QUEUE)
 
 
@@ -55,6 +58,6 @@ def pending_count(redis_client: redis.Redis) -> int:
     """Queued + delivered-but-unacked messages, read from the broker's own structures."""
     pipe = redis_client.pipeline(transaction=False)
     pipe.llen(QUEUE)
-    pipe.hlen("unacked")
+    pipe.hlen(UNACKED)
     queued, in_flight = pipe.execute()
     return int(queued) + int(in_flight)

@@ -1,13 +1,11 @@
 """The S3 object store: the durable record of every accepted image, job and result.
 
-Every key is built here from validated job ids, tenant ids and digests (see ``keys_for``),
-never from raw user input, so nothing a client sends can steer a write elsewhere.
+Keys come from :mod:`inspectq.keyspace`, never from raw user input.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -23,34 +21,6 @@ class StorageUnavailable(Exception):
 
 class ObjectExists(Exception):
     """A conditional write found the key already written (first writer wins)."""
-
-
-@dataclass(frozen=True)
-class JobKeys:
-    """Where one job's objects live. ``prefix`` is ``jobs/<job_id>/``."""
-
-    prefix: str
-
-    @property
-    def image(self) -> str:
-        return self.prefix + "image"
-
-    @property
-    def result(self) -> str:
-        return self.prefix + "result.json"
-
-    @property
-    def mask(self) -> str:
-        return self.prefix + "mask.png"
-
-    @property
-    def overlay(self) -> str:
-        return self.prefix + "overlay.png"
-
-
-def keys_for(job_id: str) -> JobKeys:
-    """Keys of a job; ``job_id`` must already be validated (``inspectq.jobs.is_job_id``)."""
-    return JobKeys(prefix=f"jobs/{job_id}/")
 
 
 #: DeleteObjects takes at most this many keys per request.

@@ -8,7 +8,9 @@ from pydantic import SecretStr
 
 from inspectq.config import Settings
 from inspectq.jobs import ImageRef, JobError, JobRecord, JobStore, Status, new_job_id, utc_now
-from inspectq.storage import ObjectExists, ObjectStore, StorageUnavailable, keys_for
+from inspectq.keyspace import keys_for
+from inspectq.result import Decision, InspectionResult, ModelInfo, Thresholds, Timings
+from inspectq.storage import ObjectExists, ObjectStore, StorageUnavailable
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 
 REDIS_DB = 8
@@ -44,6 +46,17 @@ def _record(job_id: str) -> JobRecord:
         line="line-1",
         thresholds={"pass": 0.4, "reject": 0.65},
         image=ImageRef(key=keys_for(job_id).image, sha256="0" * 64, bytes=3, content_type="x"),
+    )
+
+
+def a_result(score: float = 0.1) -> InspectionResult:
+    """A complete result as a worker would record it."""
+    return InspectionResult(
+        decision=Decision.PASS, score=score, defects=[], width=64, height=48,
+        model=ModelInfo(name="inspectq_seg", version="1", sha256="f" * 64,
+                        classes=("background", "scratch")),
+        thresholds=Thresholds(pass_threshold=0.4, reject_threshold=0.65), timings=Timings(),
+        cache_hit=False,
     )
 
 
@@ -92,10 +105,10 @@ def test_job_outcome_survives_redis_flush_and_first_outcome_wins(
     jobs.update(job_id, status=Status.PROCESSING)
     assert jobs.get(job_id).status is Status.PROCESSING
 
-    first = jobs.finish(job_id, result={"decision": "PASS", "score": 0.1})
+    first = jobs.finish(job_id, result=a_result())
     second = jobs.finish(job_id, error=JobError(code="late", message="a redelivery"))
     assert first.status is Status.DONE
-    assert second.status is Status.DONE and second.result == {"decision": "PASS", "score": 0.1}
+    assert second.status is Status.DONE and second.result == a_result()
     # Finishing leaves the pending entry for the reconciler's batched sweep.
     assert job_id in jobs.pending_job_ids()
     jobs.clear_pending([job_id])
@@ -103,7 +116,7 @@ def test_job_outcome_survives_redis_flush_and_first_outcome_wins(
 
     redis_client.flushdb()
     recovered = jobs.get(job_id)
-    assert recovered is not None and recovered.result == {"decision": "PASS", "score": 0.1}
+    assert recovered is not None and recovered.result == a_result()
     # A terminal job never moves back to a transient state.
     assert jobs.update(job_id, status=Status.PROCESSING).status is Status.DONE
 
@@ -138,7 +151,7 @@ def test_wait_returns_when_the_job_ends(
     time.sleep(0.5)
     finished_at = {}
     for job_id in job_ids:
-        jobs.finish(job_id, result={"ok": True})
+        jobs.finish(job_id, result=a_result())
         finished_at[job_id] = time.monotonic()
     for thread in threads:
         thread.join(15)
@@ -159,11 +172,11 @@ def test_wait_survives_its_subscription_being_killed(
     first, second = new_job_id(), new_job_id()
     jobs.create(_record(first))
     jobs.create(_record(second))
-    threading.Timer(0.3, lambda: jobs.finish(first, result={"ok": True})).start()
+    threading.Timer(0.3, lambda: jobs.finish(first, result=a_result())).start()
     assert jobs.wait(first, timeout_s=10).status is Status.DONE  # the listener is up
     for subscriber in _subscribers(redis_client):
         redis_client.client_kill_filter(_id=subscriber["id"])
-    threading.Timer(2.5, lambda: jobs.finish(second, result={"ok": True})).start()
+    threading.Timer(2.5, lambda: jobs.finish(second, result=a_result())).start()
     started = time.monotonic()
     assert jobs.wait(second, timeout_s=20).status is Status.DONE
     assert time.monotonic() - started < 4.0  # resubscribed: woken, not left to the re-read

@@ -1,10 +1,10 @@
 """Bring your own model: check a TorchScript file against the inspectq contract, install it as
 the next version of both Triton repositories, choose or roll back the served version.
 
-    python -m triton_models.byom install MODEL.pt --classes scratch,pit,crack,stain [--select]
-    python -m triton_models.byom select N        # serve version N (also: roll back)
-    python -m triton_models.byom verify          # every version's file vs card and configs
-    python -m triton_models.byom list
+    inspectq model install MODEL.pt --classes scratch,pit,crack,stain [--select]
+    inspectq model select N        # serve version N (also: roll back)
+    inspectq model verify          # every version's file vs card and configs
+    inspectq model list
 
 `install` refuses, with a message naming the file and exit status 1, a file that is missing,
 truncated, not TorchScript, not the `--sha256` given, or whose smoke inference (uint8
@@ -14,19 +14,14 @@ The contract is docs/model-contract.md.
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
 import shutil
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from triton_models import card
 from triton_models.repository import (
-    CPU_REPOSITORY,
-    GPU_REPOSITORY,
     MODEL_NAME,
     Repositories,
     config_parameters,
@@ -147,56 +142,7 @@ def verify(repos: Repositories) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpu-repository", type=Path, default=GPU_REPOSITORY)
-    parser.add_argument("--cpu-repository", type=Path, default=CPU_REPOSITORY)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p_install = sub.add_parser("install", help="check a TorchScript file and add it as version N")
-    p_install.add_argument("model", type=Path)
-    p_install.add_argument("--classes", default=None,
-                           help="comma-separated defect classes by class_map value 1.. "
-                                "(default: those of the served version)")
-    p_install.add_argument("--sha256", default=None, help="refuse unless the file has this digest")
-    p_install.add_argument("--card", type=Path, default=None,
-                           help="JSON with your metrics/notes to merge into the model card")
-    p_install.add_argument("--select", action="store_true", help="also serve the new version")
-    p_select = sub.add_parser("select", help="serve version N (choose or roll back)")
-    p_select.add_argument("version", type=int)
-    sub.add_parser("verify", help="check every version's file against card and configs")
-    sub.add_parser("list", help="list versions")
-    args = parser.parse_args(argv)
-    repos = Repositories(args.gpu_repository, args.cpu_repository)
-    try:
-        if args.cmd == "install":
-            extra = json.loads(args.card.read_text()) if args.card else None
-            classes = args.classes.split(",") if args.classes else None
-            version = install(repos, args.model, classes, args.sha256, extra, args.select)
-            served = repos.served_version()
-            print(f"installed {args.model} as {MODEL_NAME} version {version} "
-                  f"({repos.model_file(version)}); serving version {served}")
-            if served != version:
-                print(f"serve it with: python -m triton_models.byom select {version}")
-        elif args.cmd == "select":
-            check_file(repos.model_file(args.version),
-                       card.read(repos.model_file(args.version).parent)["sha256"])
-            sync(repos, args.version)
-            print(f"{MODEL_NAME}: serving version {args.version} in {repos.gpu_model} and "
-                  f"{repos.cpu_model}; restart Triton (or load the model) to apply")
-        elif args.cmd == "verify":
-            print("\n".join(verify(repos)))
-        else:
-            served = repos.served_version()
-            for version in repos.versions():
-                info = card.read(repos.model_file(version).parent)
-                mark = "*" if version == served else " "
-                print(f"{mark} {version}  {info['sha256'][:16]}  "
-                      f"{info.get('architecture', 'user model')}  "
-                      f"mean_dice={info.get('metrics', {}).get('mean_dice', '-')}")
-    except (ModelFileError, ContractError, FileNotFoundError, ValueError) as error:
-        print(f"inspectq byom: refused: {error}", file=sys.stderr)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()
+def select(repos: Repositories, version: int) -> None:
+    """Serve ``version`` (after checking its file against its card): choose or roll back."""
+    check_file(repos.model_file(version), card.read(repos.model_file(version).parent)["sha256"])
+    sync(repos, version)

@@ -144,7 +144,7 @@ def render_gpu_config(served: int, classes: list[str], shas: dict[int, str]) -> 
     }
     return (
         "# GPU deployment in NVIDIA's Triton container (PyTorch/libtorch backend).\n"
-        "# Rendered by triton_models.repository; edit with `python -m triton_models.byom`.\n"
+        "# Rendered by triton_models.repository; edit with `inspectq model`.\n"
         + _common(served, 'platform: "pytorch_libtorch"')
         + "dynamic_batching {\n"
         f"  preferred_batch_size: [ {', '.join(map(str, GPU_PREFERRED))} ]\n"
@@ -169,7 +169,7 @@ def render_cpu_config(served: int, classes: list[str], shas: dict[int, str],
     }
     return (
         "# CPU variant for the tritonserver of the nvidia-pytriton wheel (Python backend).\n"
-        "# Rendered by triton_models.repository; edit with `python -m triton_models.byom`.\n"
+        "# Rendered by triton_models.repository; edit with `inspectq model`.\n"
         + _common(served, 'backend: "python"')
         + "dynamic_batching {\n"
         f"  preferred_batch_size: [ {', '.join(map(str, CPU_PREFERRED))} ]\n"

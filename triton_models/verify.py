@@ -1,7 +1,7 @@
 """Checks that a served model file is the one its config and card name (stdlib only).
 
 Used by `python -m triton_models.serve` before the server starts, by the CPU backend's
-`initialize`, and by `python -m triton_models.byom verify`. Every failure is a
+`initialize`, and by `inspectq model verify`. Every failure is a
 `ModelFileError` whose message starts with the file's path.
 """
 

@@ -1,11 +1,13 @@
-"""Stage 8: alert people when a production line's defect rate spikes.
+"""Stage 9: alert people when a production line's defect rate spikes (after the outcome is
+recorded; an alert never fails a job).
 
-State lives in Redis, per line, and holds job ids only (no image data):
+State lives in Redis, per line, and holds job ids only (no image data; keys in
+:mod:`inspectq.keyspace`):
 
-* ``inspectq:alert:<line>:seen`` and ``...:defective``: sorted sets of job ids scored by the
+* ``alert_seen(line)`` and ``alert_defective(line)``: sorted sets of job ids scored by the
   time they were decided. Members are job ids, so a redelivered job is counted once.
-* ``inspectq:alert:<line>:cooldown``: set with a TTL when an alert fires; while it exists
-  the line does not alert again.
+* ``alert_cooldown(line)``: set with a TTL when an alert fires; while it exists the line
+  does not alert again.
 
 The rate is ``defective / seen`` over the last ``alert_window_s`` seconds, checked only once
 ``alert_min_images`` images were seen. REJECT counts as defective; REVIEW too when
@@ -23,8 +25,9 @@ from email.message import EmailMessage
 
 import redis
 
+from inspectq import keyspace
 from inspectq.config import Settings
-from workers.decide import Decision
+from inspectq.result import Decision
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,7 @@ class DefectRateMonitor:
         """Count one decided job; an :class:`Alert` when the line just crossed the rate
         and is not in its cooldown, else None."""
         settings = self._settings
-        seen_key = f"inspectq:alert:{line}:seen"
-        bad_key = f"inspectq:alert:{line}:defective"
+        seen_key, bad_key = keyspace.alert_seen(line), keyspace.alert_defective(line)
         defective = decision is Decision.REJECT or (
             decision is Decision.REVIEW and settings.alert_count_review
         )
@@ -77,7 +79,7 @@ class DefectRateMonitor:
         if seen < settings.alert_min_images or bad / seen <= settings.alert_defect_rate:
             return None
         cooldown = max(1, settings.alert_cooldown_s)
-        if not self._redis.set(f"inspectq:alert:{line}:cooldown", job_id, nx=True, ex=cooldown):
+        if not self._redis.set(keyspace.alert_cooldown(line), job_id, nx=True, ex=cooldown):
             return None
         return Alert(line, bad / seen, int(bad), int(seen), settings.alert_window_s)
 

@@ -23,15 +23,13 @@ from kombu.exceptions import OperationalError
 
 from inspectq.config import Settings
 from inspectq.jobs import JobError, is_job_id
-from inspectq.queue import INSPECT_TASK, make_celery
+from inspectq.queue import INSPECT_TASK, RECONCILE_TASK, make_celery
 from inspectq.storage import StorageUnavailable
 from workers.reconcile import reconcile
 from workers.services import Services, build_services
 from workers.tasks import RetryLater, inspect_job
 
 log = logging.getLogger(__name__)
-
-RECONCILE_TASK = "inspectq.reconcile"
 
 #: Errors that mean a shared service is unreachable, not that the job is bad.
 _OUTAGES = (redis.ConnectionError, redis.TimeoutError, OperationalError, StorageUnavailable)

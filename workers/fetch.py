@@ -1,4 +1,4 @@
-"""Stage 1: fetch the image bytes from S3 (the message only carries the job id)."""
+"""Stage 2: fetch the image bytes from S3 (the message only carries the job id)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 3: run the tiles through the segmentation model on Triton (gRPC).
+"""Stage 4: run the tiles through the segmentation model on Triton (gRPC).
 
 The contract (docs/model-contract.md): input ``images`` UINT8 ``[N, 3, 256, 256]``; outputs
 ``class_map`` UINT8, ``defect_prob`` FP16 (both ``[N, 256, 256]``) and ``image_score`` FP32
@@ -20,6 +20,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from inspectq.result import ModelInfo
+
 log = logging.getLogger(__name__)
 
 #: gRPC status codes that mean "Triton is down, overloaded or still loading the model":
@@ -40,14 +42,6 @@ class TritonUnavailable(Exception):
 
 class ModelContractError(Exception):
     """Triton answered, but not as docs/model-contract.md says: retrying will not help."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    version: str
-    sha256: str
-    classes: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Stage 4: put the tiles' outputs back together and turn the mask into defect regions.
+"""Stage 5: put the tiles' outputs back together and turn the mask into defect regions.
 
 Stitching rules, where tiles overlap:
 
@@ -13,39 +13,11 @@ tile, and a defect shown whole by one tile is not diluted by the clean tiles aro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import cv2
 import numpy as np
 
+from inspectq.result import Region
 from workers.preprocess import ModelInput
-
-
-@dataclass(frozen=True)
-class Region:
-    """One connected defect region in original image pixels; ``bbox`` ends are exclusive."""
-
-    class_name: str
-    score: float
-    bbox: tuple[int, int, int, int]
-    area_px: int
-    area_ratio: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "class": self.class_name,
-            "score": round(self.score, 4),
-            "bbox": list(self.bbox),
-            "area_px": self.area_px,
-            "area_ratio": round(self.area_ratio, 6),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Region:
-        x0, y0, x1, y1 = data["bbox"]
-        return cls(data["class"], data["score"], (x0, y0, x1, y1), data["area_px"],
-                   data["area_ratio"])
 
 
 def stitch(
@@ -94,7 +66,8 @@ def find_regions(
     pixels. A region takes the class most of its pixels have: thin cracks otherwise break
     into a crack and several "scratch" fragments where the per-pixel class wavers. Regions
     smaller than ``min_region_px`` are noise and dropped. A region's score is the mean
-    ``defect_prob`` over its pixels.
+    ``defect_prob`` over its pixels (rounded to 4 decimals, the area ratio to 6: what the
+    result reports).
     """
     height, width = class_map.shape
     defect = (class_map > 0).astype(np.uint8)
@@ -114,8 +87,10 @@ def find_regions(
         votes[0] = 0
         score = float(defect_prob[window][inside].mean())
         bbox = (x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1)
-        regions.append(Region(classes[int(votes.argmax())], score, bbox, area,
-                              area / (height * width)))
+        regions.append(Region(
+            class_name=classes[int(votes.argmax())], score=round(score, 4), bbox=bbox,
+            area_px=area, area_ratio=round(area / (height * width), 6),
+        ))
     regions.sort(key=lambda region: (-region.score, region.bbox))
     return regions
 

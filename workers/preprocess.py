@@ -1,4 +1,4 @@
-"""Stage 2: decode the image and cut it into model input tiles.
+"""Stage 3: decode the image and cut it into model input tiles.
 
 Decoding normalizes every supported file (JPEG, PNG, BMP, TIFF; grayscale, RGB, RGBA, 8 or
 16 bit) to 8-bit RGB, because the model contract takes RGB 0..255.

@@ -19,7 +19,7 @@ A Redis ``SET NX`` guard keeps two reconcilers from enqueueing the same job in t
 visibility window; a duplicate delivery would be harmless anyway, since
 ``JobStore.finish`` keeps the first outcome.
 
-Run on demand with ``python -m workers.reconcile``; Celery beat also runs it every
+Run on demand with ``inspectq reconcile``; Celery beat also runs it every
 ``reconcile_interval_s`` (see ``workers.app``).
 """
 
@@ -28,20 +28,17 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from celery import Celery
 
-from inspectq.config import Settings
+from inspectq import keyspace
+from inspectq.backends import Backends
 from inspectq.jobs import JobRecord
-from inspectq.queue import INSPECT_TASK, QUEUE, enqueue_inspection
-
-if TYPE_CHECKING:
-    from workers.services import Services
+from inspectq.queue import INSPECT_TASK, enqueue_inspection
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +62,9 @@ def job_ids_in_broker(client: redis.Redis) -> set[str]:
     """Job ids of every inspection message in the broker: queued (the ``inspectq`` list)
     or delivered and not yet acked, including retries waiting for their countdown (kombu's
     ``unacked`` hash)."""
-    envelopes: list[dict[str, Any]] = [json.loads(raw) for raw in client.lrange(QUEUE, 0, -1)]
-    envelopes += [json.loads(raw)[0] for raw in client.hvals("unacked")]
+    envelopes: list[dict[str, Any]] = [
+        json.loads(raw) for raw in client.lrange(keyspace.QUEUE, 0, -1)]
+    envelopes += [json.loads(raw)[0] for raw in client.hvals(keyspace.UNACKED)]
     found: set[str] = set()
     for envelope in envelopes:
         if envelope.get("headers", {}).get("task") != INSPECT_TASK:
@@ -83,11 +81,12 @@ def job_ids_in_broker(client: redis.Redis) -> set[str]:
     return found
 
 
-def reconcile(services: Services, app: Celery) -> ReconcileReport:
+def reconcile(backends: Backends, queue: Celery) -> ReconcileReport:
+    """One pass over ``pending/`` (see the module docstring); lost jobs go to ``queue``."""
     report = ReconcileReport()
-    jobs = services.jobs
+    jobs, settings = backends.jobs, backends.settings
     now = datetime.now(UTC)
-    stale_after_s = services.settings.visibility_timeout_s + services.settings.retry_backoff_max_s
+    stale_after_s = settings.visibility_timeout_s + settings.retry_backoff_max_s
     in_broker: set[str] | None = None  # read once, and only if some job looks stale
     pending = jobs.pending_job_ids()
     cached = jobs.cached(pending)
@@ -104,13 +103,13 @@ def reconcile(services: Services, app: Celery) -> ReconcileReport:
                 report.live += 1
                 continue
             if in_broker is None:
-                in_broker = job_ids_in_broker(services.redis)
+                in_broker = job_ids_in_broker(backends.redis)
             if job_id in in_broker:
                 report.live += 1
                 continue
-        guard = f"inspectq:requeued:{job_id}"
-        if services.redis.set(guard, 1, nx=True, ex=services.settings.visibility_timeout_s):
-            enqueue_inspection(app, job_id)
+        guard = keyspace.requeued(job_id)
+        if backends.redis.set(guard, 1, nx=True, ex=settings.visibility_timeout_s):
+            enqueue_inspection(queue, job_id)
             report.requeued.append(job_id)
     jobs.clear_pending(report.closed)
     if report.requeued:
@@ -119,16 +118,3 @@ def reconcile(services: Services, app: Celery) -> ReconcileReport:
         log.info("reconciler: %s", report.counts())
     return report
 
-
-def main() -> int:
-    from workers.app import create_app
-    from workers.services import build_services
-
-    settings = Settings()
-    report = reconcile(build_services(settings), create_app(settings))
-    print(json.dumps({**report.counts(), "requeued_ids": report.requeued}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Stage 6: the mask PNG, the model's answer in pixels.
+"""Stage 6: the mask PNG, the model's answer in pixels, stored beside the image.
 
 ``mask.png`` is a single-channel 8-bit PNG at the original size, each pixel the class index
 of ``class_map`` (0 background, ``k`` = ``classes[k]``, the list in ``result.model.classes``).
@@ -11,9 +11,16 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from inspectq import keyspace
+from inspectq.storage import ObjectStore
+
 
 def mask_png(class_map: np.ndarray) -> bytes:
     ok, encoded = cv2.imencode(".png", class_map.astype(np.uint8))
     if not ok:
         raise ValueError("PNG encoding failed")
     return encoded.tobytes()
+
+
+def write_mask(store: ObjectStore, job_id: str, mask: bytes) -> None:
+    store.put(keyspace.keys_for(job_id).mask, mask, "image/png")

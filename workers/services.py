@@ -8,39 +8,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
-
+from inspectq.backends import Backends
 from inspectq.config import Settings
-from inspectq.connections import connect_redis
-from inspectq.jobs import JobStore
-from inspectq.storage import ObjectStore
 from workers.alert import DefectRateMonitor
 from workers.infer import TritonModel
 
 
-@dataclass
-class Services:
-    settings: Settings
-    store: ObjectStore
-    redis: redis.Redis
-    jobs: JobStore
+@dataclass(frozen=True)
+class Services(Backends):
+    """S3, Redis and the job records (:class:`Backends`), plus Triton and the alert monitor."""
+
     model: TritonModel
     monitor: DefectRateMonitor
 
 
 def build_services(settings: Settings) -> Services:
-    store = ObjectStore(settings)
-    redis_client = connect_redis(settings)
+    core = Backends.connect(settings)
     return Services(
-        settings=settings,
-        store=store,
-        redis=redis_client,
-        jobs=JobStore(settings, store, redis_client),
+        **vars(core),
         model=TritonModel(
             settings.triton_url,
             settings.triton_model,
             settings.triton_batch_tiles,
             settings.triton_timeout_s,
         ),
-        monitor=DefectRateMonitor(settings, redis_client),
+        monitor=DefectRateMonitor(settings, core.redis),
     )

@@ -1,5 +1,17 @@
 """The one task: run a job's image through every stage, in order, and record one outcome.
 
+The stages, in the order an image travels (each in the module named for it):
+
+1. ``cache``: the same bytes under the same model answered before? Reuse that answer;
+2. ``fetch``: the image bytes from S3;
+3. ``preprocess``: decode, cut into tiles;
+4. ``infer``: the tiles through the model on Triton;
+5. ``postprocess``: stitch the tiles' outputs, find the defect regions;
+6. ``render``: the mask PNG, stored beside the image (and the answer remembered, stage 1);
+7. decide: ``inspectq.result.decide``, from the score and the job's own thresholds;
+8. ``record``: the one outcome, to S3 and Redis;
+9. ``alert``: the line's defect-rate monitor.
+
 Every way out of :func:`inspect_job` leaves the job done, visibly failed with a reason, or
 ``retrying`` with a :class:`RetryLater` for the Celery task to schedule:
 
@@ -22,29 +34,22 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from inspectq.jobs import JobError, JobRecord, Status, is_job_id
+from inspectq import keyspace
+from inspectq.jobs import JobError, JobRecord, RetryState, Status, is_job_id
+from inspectq.result import InspectionResult, Timings, decide
 from inspectq.storage import StorageUnavailable
-from workers import deadletter
+from workers import cache, deadletter
 from workers.alert import notify
-from workers.decide import Decision, decide
 from workers.fetch import ImageMissing, fetch_image
 from workers.infer import ModelContractError, TritonUnavailable
 from workers.postprocess import find_regions, image_score, stitch
 from workers.preprocess import UndecodableImage, decode_image, make_model_input
-from workers.record import (
-    ModelAnswer,
-    cached_answer,
-    copy_mask,
-    record_result,
-    remember_answer,
-    write_mask,
-)
-from workers.render import mask_png
+from workers.record import record_result
+from workers.render import mask_png, write_mask
 from workers.services import Services
 
 log = logging.getLogger(__name__)
@@ -72,7 +77,7 @@ def backoff_s(attempt: int, cap_s: float) -> float:
 def count_delivery(services: Services, job_id: str, retries: int) -> int:
     """How many times this message (this job at this retry) has been delivered, this one
     included. A retry is a new message, so it starts its own count."""
-    key = f"inspectq:deliveries:{job_id}:{retries}"
+    key = keyspace.deliveries(job_id, retries)
     pipe = services.redis.pipeline()
     pipe.incr(key)
     pipe.expire(key, DELIVERY_COUNT_TTL_S)
@@ -112,10 +117,9 @@ def inspect_job(services: Services, job_id: str, retries: int = 0) -> JobRecord 
             countdown = backoff_s(retries, settings.retry_backoff_max_s)
             log.warning("job %s: %s (%s); retry %d in %.1fs", job_id, code, error,
                         retries + 1, countdown)
-            jobs.update(job_id, record=record, status=Status.RETRYING, retry={
-                "attempt": retries + 1, "reason": code,
-                "next_attempt_in_s": round(countdown, 1),
-            })
+            jobs.update(job_id, record=record, status=Status.RETRYING, retry=RetryState(
+                attempt=retries + 1, reason=code, next_attempt_in_s=round(countdown, 1),
+            ))
             raise RetryLater(countdown, code) from error
         return _fail(services, job_id, code, f"gave up after {retries} retries: {error}")
     except UndecodableImage as error:
@@ -144,7 +148,7 @@ def _observe_for_alerts(services: Services, final: JobRecord) -> None:
         return
     try:
         alert = services.monitor.observe(
-            final.line, final.id, Decision(final.result["decision"]), time.time()
+            final.line, final.id, final.result.decision, time.time()
         )
         if alert is not None:
             notify(services.settings, alert)
@@ -156,67 +160,59 @@ def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 2)
 
 
-def _run_stages(services: Services, record: JobRecord, started: float) -> dict[str, Any]:
-    """fetch -> preprocess -> infer -> postprocess -> mask PNG, or reuse an earlier answer
-    for the same bytes and model; then decide. Returns the result, not yet recorded."""
+def _run_stages(services: Services, record: JobRecord, started: float) -> InspectionResult:
+    """Stages 1 to 7 (see the module docstring): reuse an earlier answer for the same bytes
+    and model, or fetch -> preprocess -> infer -> postprocess -> mask PNG; then decide.
+    Returns the result, not yet recorded."""
     settings, store = services.settings, services.store
-    timings: dict[str, float] = {
-        "queue_wait_ms": round(max(0.0, started - record.enqueued_at) * 1000, 2),
-        "s3_get_ms": 0.0, "preprocess_ms": 0.0, "triton_ms": 0.0, "postprocess_ms": 0.0,
-    }
+    timings = Timings(ingest_ms=record.ingest_ms,
+                      queue_wait_ms=round(max(0.0, started - record.enqueued_at) * 1000, 2))
     params = {"tile_size": settings.tile_size, "tile_stride": settings.tile_stride,
               "min_region_px": settings.min_region_px}
     clock = time.perf_counter()
     info = services.model.current_info()
-    timings["triton_ms"] = _ms(clock)
+    timings.triton_ms = _ms(clock)
+
     clock = time.perf_counter()
-    answer = cached_answer(services.redis, info.sha256, record.image.sha256, params)
-    cache_hit = answer is not None and copy_mask(store, answer.source_job, record.id)
-    timings["s3_get_ms"] = _ms(clock)
+    answer = cache.lookup(services.redis, store, record.id, info.sha256, record.image.sha256,
+                          params)
+    timings.s3_get_ms = _ms(clock)
+    cache_hit = answer is not None
     record_started = time.perf_counter()
-    if answer is None or not cache_hit:
+    if answer is None:
         clock = time.perf_counter()
         data = fetch_image(store, record.image.key)
-        timings["s3_get_ms"] += _ms(clock)
+        timings.s3_get_ms += _ms(clock)
 
         clock = time.perf_counter()
         image = decode_image(data)
         layout = make_model_input(image, settings.tile_size, settings.tile_stride)
-        timings["preprocess_ms"] = _ms(clock)
+        timings.preprocess_ms = _ms(clock)
 
         clock = time.perf_counter()
         outputs = services.model.infer(layout.tiles)
         info = outputs.info
-        timings["triton_ms"] += _ms(clock)
+        timings.triton_ms += _ms(clock)
 
         clock = time.perf_counter()
         class_map, prob = stitch(layout, outputs.class_map, outputs.defect_prob)
-        regions = find_regions(class_map, prob, info.classes, settings.min_region_px)
-        answer = ModelAnswer(
-            score=image_score(outputs.image_score), regions=regions, width=layout.width,
-            height=layout.height, source_job=record.id, params=params,
+        answer = cache.ModelAnswer(
+            score=round(image_score(outputs.image_score), 4),
+            regions=find_regions(class_map, prob, info.classes, settings.min_region_px),
+            width=layout.width, height=layout.height, source_job=record.id, params=params,
         )
-        timings["postprocess_ms"] = _ms(clock)
+        timings.postprocess_ms = _ms(clock)
 
         record_started = time.perf_counter()
         write_mask(store, record.id, mask_png(class_map))
-        remember_answer(services.redis, info.sha256, record.image.sha256, answer,
-                        settings.result_ttl_s)
+        cache.remember_answer(services.redis, info.sha256, record.image.sha256, answer,
+                              settings.result_ttl_s)
     decision = decide(answer.score, record.thresholds)
     # Mask and cache writes; the result's own write (finish) comes after and cannot time itself.
-    timings["record_ms"] = _ms(record_started)
-    timings["total_ms"] = round((time.time() - started) * 1000, 2)
-    timings["ingest_ms"] = record.ingest_ms
-    return {
-        "decision": decision.value,
-        "score": round(answer.score, 4),
-        "defects": [region.to_json() for region in answer.regions],
-        "width": answer.width,
-        "height": answer.height,
-        "model": {"name": info.name, "version": info.version, "sha256": info.sha256,
-                  "classes": list(info.classes)},
-        "thresholds": {"pass": record.thresholds.pass_threshold,
-                       "reject": record.thresholds.reject_threshold},
-        "timings": timings,
-        "cache_hit": cache_hit,
-    }
+    timings.record_ms = _ms(record_started)
+    timings.total_ms = round((time.time() - started) * 1000, 2)
+    return InspectionResult(
+        decision=decision, score=answer.score, defects=answer.regions, width=answer.width,
+        height=answer.height, model=info, thresholds=record.thresholds, timings=timings,
+        cache_hit=cache_hit,
+    )

@@ -24,7 +24,8 @@ from api.schemas import ErrorOut, JobAccepted, JobForm, JobOptions, JobOut, Wait
 from api.services import services
 from api.uploads import read_part, read_raw_body, set_body_limit
 from inspectq.jobs import JobRecord, Status, is_job_id
-from inspectq.storage import StorageUnavailable, keys_for
+from inspectq.keyspace import keys_for
+from inspectq.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,7 @@ def _render_overlay(record: JobRecord) -> bytes | None:
     image, mask = store.get(record.image.key), store.get(keys.mask)
     if image is None or mask is None or record.result is None:
         return None
-    data = render_overlay(image, mask, record.result["defects"],
-                          record.result["model"].get("classes", []))
+    data = render_overlay(image, mask, record.result.defects, record.result.model.classes)
     try:
         store.put(keys.overlay, data, "image/png")
     except StorageUnavailable:

@@ -1,4 +1,4 @@
-"""API keys: bearer auth on /v1, hashed keys per tenant, the `python -m api.keys` command."""
+"""API keys: bearer auth on /v1, hashed keys per tenant, the `inspectq keys` command."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.api.conftest import AUTH, DEV_KEY, image_bytes, services_of, submit
 
 def keys_cli(keys_file: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api.keys", "--file", keys_file, *args],
+        [str(Path(sys.executable).with_name("inspectq")), "keys", *args, "--file", keys_file],
         capture_output=True, text=True, check=False, timeout=60,
     )
 

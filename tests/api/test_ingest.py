@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from inspectq.jobs import Status
-from inspectq.storage import keys_for
+from inspectq.keyspace import keys_for
 from tests.api.conftest import AUTH, image_bytes, queued_job_ids, services_of, submit
 
 

@@ -8,9 +8,11 @@ import pytest
 from PIL import Image
 
 from api.overlay import colour, render_overlay
+from inspectq.result import Region
 
 CLASSES = ["background", "scratch", "pit"]
-DEFECTS = [{"class": "pit", "score": 0.9, "bbox": [5, 10, 25, 20]}]
+DEFECTS = [Region(class_name="pit", score=0.9, bbox=(5, 10, 25, 20), area_px=200,
+                  area_ratio=0.1)]
 
 
 def _png(image: Image.Image, fmt: str = "PNG") -> bytes:

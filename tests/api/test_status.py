@@ -15,7 +15,8 @@ from PIL import Image
 from api.apikeys import add_key
 from api.overlay import colour
 from inspectq.jobs import JobError, Status
-from inspectq.storage import keys_for
+from inspectq.keyspace import keys_for
+from inspectq.result import InspectionResult
 from tests.api.conftest import AUTH, image_bytes, services_of, submit
 
 
@@ -25,15 +26,20 @@ def png_of(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+#: A done job's result exactly as a client reads it (every field of InspectionResult).
 RESULT = {
     "decision": "REJECT",
     "score": 0.91,
-    "defects": [{"class": "scratch", "score": 0.91, "area_px": 90, "bbox": [1, 2, 10, 12]}],
+    "defects": [{"class": "scratch", "score": 0.91, "bbox": [1, 2, 10, 12], "area_px": 90,
+                 "area_ratio": 0.117188}],
     "width": 32,
     "height": 24,
-    "model": {"name": "inspectq_seg", "version": "1", "classes": ["background", "scratch"]},
+    "model": {"name": "inspectq_seg", "version": "1", "sha256": "ab" * 32,
+              "classes": ["background", "scratch"]},
     "thresholds": {"pass": 0.4, "reject": 0.65},
-    "timings": {"queue_ms": 3.0, "infer_ms": 20.0},
+    "timings": {"ingest_ms": 4.0, "queue_wait_ms": 3.0, "s3_get_ms": 2.0, "preprocess_ms": 1.5,
+                "triton_ms": 20.0, "postprocess_ms": 1.0, "record_ms": 2.5, "total_ms": 30.0},
+    "cache_hit": False,
 }
 
 
@@ -70,7 +76,7 @@ def test_a_done_job_shows_its_result_and_images(
     class_map.paste(1, (1, 2, 10, 12))  # the scratch of RESULT
     mask = png_of(class_map)
     svc.store.put(keys_for(job_id).mask, mask, "image/png")
-    svc.jobs.finish(job_id, result=RESULT)
+    svc.jobs.finish(job_id, result=InspectionResult.model_validate(RESULT))
 
     body = client.get(f"/v1/jobs/{job_id}", headers=AUTH).json
     assert body["status"] == "done" and body["result"] == RESULT
@@ -105,7 +111,8 @@ def test_long_poll_returns_when_the_job_ends(
     app: Flask, client: FlaskClient, job_id: str
 ) -> None:
     jobs = services_of(app).jobs
-    threading.Timer(0.3, lambda: jobs.finish(job_id, result=RESULT)).start()
+    result = InspectionResult.model_validate(RESULT)
+    threading.Timer(0.3, lambda: jobs.finish(job_id, result=result)).start()
     started = time.monotonic()
     body = client.get(f"/v1/jobs/{job_id}?wait=4", headers=AUTH).json
     assert body["status"] == "done"

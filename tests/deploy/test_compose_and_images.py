@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from inspectq.config import Settings
+from inspectq_cli.main import cli
 from tests.deploy.conftest import COMPOSE_FILE, REPO, compose_binary, pod_spec, run
 
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
@@ -147,6 +149,9 @@ def check_command(argv: list[str]) -> None:
             assert not missing, f"`python -m {module}` has no {missing}"
     elif program in ("python", "python3") and argv[1] == "-c":
         check_python_snippet(argv[2])
+    elif program == "inspectq":
+        shown = CliRunner().invoke(cli, [*argv[1:], "--help"])
+        assert shown.exit_code == 0, f"`{' '.join(argv)}` is not a command: {shown.output}"
     else:
         assert program in EXTERNAL, f"unexpected program {program}: teach this test about it"
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from inspectq.config import Settings
-from inspectq.queue import QUEUE
+from inspectq.keyspace import QUEUE
 from tests.deploy.conftest import KEDA_CRD, find, pod_spec, run, venv_tool
 
 K8S_VERSION = "1.37.0"

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner, Result
 from torch import Tensor
 
+from inspectq_cli.main import cli
 from triton_models import byom, card, repository, serve
 from triton_models.repository import Repositories, config_parameters
 from triton_models.verify import ModelFileError, sha256_of
@@ -19,17 +21,22 @@ from triton_models.verify import ModelFileError, sha256_of
 SHIPPED = Repositories().model_file(Repositories().served_version())
 
 
+def inspectq_model(repos: Repositories, *args: str) -> Result:
+    """``inspectq model --gpu-repository ... --cpu-repository ... ARGS``, in-process."""
+    return CliRunner().invoke(cli, ["model", "--gpu-repository", str(repos.gpu),
+                                    "--cpu-repository", str(repos.cpu), *args])
+
+
 def run_byom(repos: Repositories, *args: str) -> None:
-    byom.main(["--gpu-repository", str(repos.gpu), "--cpu-repository", str(repos.cpu), *args])
+    result = inspectq_model(repos, *args)
+    assert result.exit_code == 0, (result.output, result.exception)
 
 
-def refused(repos: Repositories, capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run_byom(repos, *args)
-    assert exit_info.value.code == 1
-    message = capsys.readouterr().err
-    assert "refused" in message
-    return message
+def refused(repos: Repositories, *args: str) -> str:
+    result = inspectq_model(repos, *args)
+    assert result.exit_code == 1, result.output
+    assert "refused" in result.stderr
+    return result.stderr
 
 
 class WrongDtype(torch.nn.Module):
@@ -97,26 +104,26 @@ def test_install_select_and_roll_back(repos_copy: Repositories, tmp_path: Path) 
 
 
 def test_refuses_missing_truncated_and_mismatched_files(
-        repos_copy: Repositories, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        repos_copy: Repositories, tmp_path: Path) -> None:
     before = repos_copy.versions()
     missing = tmp_path / "nope.pt"
-    message = refused(repos_copy, capsys, "install", str(missing))
+    message = refused(repos_copy, "install", str(missing))
     assert f"{missing}: model file is missing" in message
 
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(SHIPPED.read_bytes()[: SHIPPED.stat().st_size // 2])
-    message = refused(repos_copy, capsys, "install", str(truncated))
+    message = refused(repos_copy, "install", str(truncated))
     assert str(truncated) in message and "truncated" in message
 
     not_torchscript = tmp_path / "notes.pt"
     with zipfile.ZipFile(not_torchscript, "w") as archive:
         archive.writestr("hello.txt", "not a model")
-    message = refused(repos_copy, capsys, "install", str(not_torchscript))
+    message = refused(repos_copy, "install", str(not_torchscript))
     assert f"{not_torchscript}: does not load as TorchScript" in message
 
     copy = tmp_path / "copy.pt"
     shutil.copyfile(SHIPPED, copy)
-    message = refused(repos_copy, capsys, "install", str(copy), "--sha256", "0" * 64)
+    message = refused(repos_copy, "install", str(copy), "--sha256", "0" * 64)
     assert f"{copy}: sha256 mismatch" in message
     assert repos_copy.versions() == before
 
@@ -129,10 +136,10 @@ def test_refuses_missing_truncated_and_mismatched_files(
     (BatchLeak(), "batch items interact"),
 ])
 def test_refuses_models_that_do_not_fit_the_contract(
-        repos_copy: Repositories, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        repos_copy: Repositories, tmp_path: Path,
         module: torch.nn.Module, expected: str) -> None:
     path = scripted(module, tmp_path / f"{type(module).__name__}.pt")
-    message = refused(repos_copy, capsys, "install", str(path))
+    message = refused(repos_copy, "install", str(path))
     assert f"{path}: " in message and expected in message
     assert not (repos_copy.gpu_model / str(max(repos_copy.versions()) + 1)).exists()
 

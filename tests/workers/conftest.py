@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from inspectq.config import Settings
-from inspectq.jobs import PENDING_PREFIX, ImageRef, JobRecord, JobStore, Status, new_job_id, utc_now
-from inspectq.storage import keys_for
+from inspectq.jobs import ImageRef, JobRecord, JobStore, Status, new_job_id, utc_now
+from inspectq.keyspace import PENDING_PREFIX, keys_for
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.workers.triton_server import TritonProcess, start_triton
 from workers.services import Services, build_services

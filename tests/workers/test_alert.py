@@ -17,9 +17,9 @@ from pydantic import SecretStr
 
 from devstack.ports import free_port
 from inspectq.config import Settings
+from inspectq.result import Decision
 from tests.workers.conftest import png, strip_with_scratch, submit
 from workers.alert import DefectRateMonitor, notify
-from workers.decide import Decision
 from workers.services import Services, build_services
 from workers.tasks import inspect_job
 
@@ -145,6 +145,6 @@ def test_the_task_feeds_the_monitor(
     alerting = build_services(alert_settings.model_copy(update={"alert_min_images": 2}))
     for seed in (31, 32):
         job_id = submit(services, png(strip_with_scratch(seed=seed)), line="strip-3")
-        assert inspect_job(alerting, job_id).result["decision"] == "REJECT"
+        assert inspect_job(alerting, job_id).result.decision == "REJECT"
     [post] = slack[1]
     assert "strip-3" in post["json"]["text"] and "2 of 2" in post["json"]["text"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -9,9 +12,10 @@ import redis
 import tritonclient.grpc as grpcclient
 from pydantic import SecretStr
 
+from inspectq import keyspace
 from inspectq.jobs import Status
-from inspectq.queue import QUEUE, enqueue_inspection
-from inspectq.storage import keys_for
+from inspectq.keyspace import QUEUE, keys_for
+from inspectq.queue import enqueue_inspection
 from tests.workers.conftest import (
     CLOSED_PORT_URL,
     png,
@@ -38,7 +42,7 @@ def test_steel_strip_is_inspected_end_to_end(services: Services) -> None:
     job_id = submit(services, png(strip_with_scratch()))
     final = inspect_job(services, job_id)
     assert final is not None and final.status is Status.DONE, final
-    result = final.result
+    result = final.result.model_dump(mode="json", by_alias=True)  # what a client reads
     assert result["decision"] == "REJECT" and result["score"] == pytest.approx(0.95)
     assert (result["width"], result["height"]) == (1600, 256)
     assert result["defects"] == [{
@@ -62,16 +66,16 @@ def test_steel_strip_is_inspected_end_to_end(services: Services) -> None:
     assert services.store.get(keys_for(job_id).overlay) is None
     # The outcome is durable: a flushed Redis gives the same result back from S3.
     services.redis.flushdb()
-    assert services.jobs.get(job_id).result == result
+    assert services.jobs.get(job_id).result == final.result
 
 
 def test_clean_image_passes_and_thresholds_come_from_the_job(services: Services) -> None:
     clean = np.full((300, 500, 3), 120, np.uint8)
     passed = inspect_job(services, submit(services, png(clean)))
-    assert passed.result["decision"] == "PASS" and passed.result["defects"] == []
+    assert passed.result.decision == "PASS" and passed.result.defects == []
     review = inspect_job(services, submit(services, png(strip_with_scratch(seed=3)),
                                           thresholds=(0.9, 0.99)))
-    assert review.result["decision"] == "REVIEW"
+    assert review.result.decision == "REVIEW"
 
 
 def test_same_bytes_same_model_are_inferred_once(services: Services) -> None:
@@ -81,10 +85,10 @@ def test_same_bytes_same_model_are_inferred_once(services: Services) -> None:
     second_id = submit(services, data, thresholds=(0.96, 0.99))
     second = inspect_job(services, second_id)
     assert _inference_count(services.settings.triton_url) == count_after_first
-    assert second.result["cache_hit"] is True and first.result["cache_hit"] is False
-    assert second.result["defects"] == first.result["defects"]
+    assert second.result.cache_hit is True and first.result.cache_hit is False
+    assert second.result.defects == first.result.defects
     # The decision is made again from this job's own thresholds.
-    assert first.result["decision"] == "REJECT" and second.result["decision"] == "PASS"
+    assert first.result.decision == "REJECT" and second.result.decision == "PASS"
     assert services.store.get(keys_for(second_id).mask) == services.store.get(
         keys_for(first.id).mask)
 
@@ -101,8 +105,8 @@ def test_triton_down_retries_then_fails(services: Services) -> None:
         inspect_job(down, job_id, retries=0)
     record = services.jobs.get(job_id)
     assert record.status is Status.RETRYING
-    assert record.retry["attempt"] == 1 and record.retry["reason"] == "triton_unavailable"
-    assert 0 < record.retry["next_attempt_in_s"] <= services.settings.retry_backoff_max_s
+    assert record.retry.attempt == 1 and record.retry.reason == "triton_unavailable"
+    assert 0 < record.retry.next_attempt_in_s <= services.settings.retry_backoff_max_s
     final = inspect_job(down, job_id, retries=services.settings.max_retries)
     assert final.status is Status.FAILED and final.error.code == "triton_unavailable"
 
@@ -126,7 +130,7 @@ def test_storage_down_retries_then_fails(services: Services) -> None:
         "s3_connect_timeout_s": 0.5}))
     with pytest.raises(RetryLater):
         inspect_job(down, job_id, retries=0)
-    assert services.jobs.get(job_id).retry["reason"] == "storage_unavailable"
+    assert services.jobs.get(job_id).retry.reason == "storage_unavailable"
     # The final failure is recorded once S3 answers again (the outcome needs S3).
     services.store.delete(keys_for(job_id).image)
     final = inspect_job(services, job_id, retries=1)
@@ -135,10 +139,10 @@ def test_storage_down_retries_then_fails(services: Services) -> None:
 
 def test_unexpected_error_fails_with_internal_error(services: Services) -> None:
     job_id = submit(services, png(strip_with_scratch(seed=14)))
-    broken = build_services(services.settings.model_copy(update={
+    wrong_key = build_services(services.settings.model_copy(update={
         "s3_secret_access_key": SecretStr("wrong")}))
-    broken.redis = services.redis
-    broken.jobs = services.jobs  # records readable; the image GET is refused with 403
+    # records readable; the image GET is refused with 403
+    broken = replace(wrong_key, redis=services.redis, jobs=services.jobs)
     final = inspect_job(broken, job_id)
     assert final.status is Status.FAILED and final.error.code == "internal_error"
     assert final.error.message.startswith("ClientError")
@@ -155,7 +159,7 @@ def test_poison_message_is_dead_lettered_and_replayed(
     final = inspect_job(services, job_id)
     assert final.status is Status.FAILED and final.error.code == "poison_message"
     assert [e["id"] for e in deadletter.list_dead(services)] == [job_id]
-    assert redis_client.lrange(deadletter.DEADLETTER_LIST, 0, -1) == [job_id.encode()]
+    assert redis_client.lrange(keyspace.DEADLETTER_LIST, 0, -1) == [job_id.encode()]
 
     app = create_app(services.settings)
     assert deadletter.replay(services, app, job_id) is True
@@ -190,19 +194,19 @@ def test_ops_commands_list_replay_and_reconcile(
     env = settings_env(services.settings)
     job_id = submit(services, png(strip_with_scratch(seed=17)))
     for _ in range(services.settings.max_deliveries):
-        redis_client.incr(f"inspectq:deliveries:{job_id}:0")
+        redis_client.incr(keyspace.deliveries(job_id, 0))
     inspect_job(services, job_id)
 
     def run(*args: str) -> list[dict]:
-        done = subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True,
-                              text=True, timeout=60, check=True)
+        done = subprocess.run([str(Path(sys.executable).with_name("inspectq")), *args],
+                              env=env, capture_output=True, text=True, timeout=60, check=True)
         return [json.loads(line) for line in done.stdout.splitlines()]
 
-    [entry] = run("workers.deadletter", "list")
+    [entry] = run("deadletter", "list")
     assert entry["id"] == job_id and entry["deliveries"] == 4
-    assert run("workers.deadletter", "replay", "--all") == [{"id": job_id, "replayed": True}]
+    assert run("deadletter", "replay", "--all") == [{"id": job_id, "replayed": True}]
     redis_client.flushdb()  # the replayed message and the cache are lost...
-    [report] = run("workers.reconcile")
+    [report] = run("reconcile")
     assert report["requeued_ids"] == [job_id]  # ...and the reconciler puts the job back
     assert redis_client.llen(QUEUE) == 1
 
@@ -254,7 +258,7 @@ def test_reconciler_clears_the_pending_entry_of_a_finished_job(
 ) -> None:
     """A worker that wrote the outcome but died before clearing ``pending/<id>``: the
     reconciler clears it and neither requeues the job nor touches its outcome."""
-    from inspectq.jobs import PENDING_PREFIX
+    from inspectq.keyspace import PENDING_PREFIX
     from workers.reconcile import reconcile
 
     job_id = submit(services, png(strip_with_scratch(seed=44)))

@@ -79,12 +79,12 @@ def test_trained_model_passes_a_clean_strip_and_finds_the_scratch(
     clean, _ = _strip(defective=False)
     passed = inspect_job(real, submit(services, png(clean)))
     assert passed is not None and passed.status is Status.DONE, passed.error
-    assert passed.result["decision"] == "PASS" and passed.result["defects"] == []
+    assert passed.result.decision == "PASS" and passed.result.defects == []
 
     scratched, truth = _strip(defective=True)
     final = inspect_job(real, submit(services, png(scratched)))
     assert final is not None and final.status is Status.DONE, final.error
-    result = final.result
+    result = final.result.model_dump(mode="json", by_alias=True)  # what a client reads
     assert result["decision"] == "REJECT" and (result["width"], result["height"]) == (1600, 256)
     on_scratch = [d for d in result["defects"] if _overlaps(d["bbox"], truth)]
     by_class: dict[str, int] = {}

@@ -15,7 +15,8 @@ from kombu import Connection
 
 from inspectq.config import Settings
 from inspectq.jobs import Status
-from inspectq.queue import INSPECT_TASK, QUEUE, enqueue_inspection
+from inspectq.keyspace import QUEUE
+from inspectq.queue import INSPECT_TASK, enqueue_inspection
 from tests.workers.conftest import (
     CLOSED_PORT_URL,
     WorkerProcess,
@@ -80,7 +81,7 @@ def test_sigkill_mid_inference_is_redelivered_and_completes_once(
     done = wait_for(lambda: services.jobs.get(job_id).status.terminal and
                     services.jobs.get(job_id), 30, "job to end after redelivery")
     assert done.status is Status.DONE, done.error
-    assert done.result["decision"] == "PASS"
+    assert done.result.decision == "PASS"
     assert int(services.redis.get(f"inspectq:deliveries:{job_id}:0")) == 2
     assert worker.process.poll() is None
 
@@ -130,7 +131,7 @@ def test_triton_down_job_goes_retrying_then_failed(
     enqueue_inspection(create_app(down), job_id)
     retrying = wait_for(lambda: (r := services.jobs.get(job_id)).status is Status.RETRYING
                         and r, 20, "retrying")
-    assert retrying.retry["reason"] == "triton_unavailable"
+    assert retrying.retry.reason == "triton_unavailable"
     failed = wait_for(lambda: (r := services.jobs.get(job_id)).status is Status.FAILED and r,
                       30, "failed")
     assert failed.error.code == "triton_unavailable" and "2 retries" in failed.error.message

@@ -1,0 +1,142 @@
+"""Every Redis key, Redis channel and S3 key inspectq uses, on one page.
+
+Nothing else formats a key: code asks this module for the key of a concept. Keys are built
+only from validated job ids (``inspectq.jobs.is_job_id``), tenant and line names that match
+strict patterns, and hex digests, never from raw client input, so nothing a client sends can
+steer a read or write elsewhere.
+
+S3 (the durable record)::
+
+    jobs/<job>/image            the uploaded bytes
+    jobs/<job>/result.json      the job's one outcome (first writer wins)
+    jobs/<job>/mask.png         class index per pixel
+    jobs/<job>/overlay.png      drawn by the API on first request
+    pending/<job>               accepted record, until the reconciler sees the outcome
+    deadletter/<job>.json       a poison message's entry
+    idempotency/<tenant>/<sha256(Idempotency-Key)>
+
+Redis (cache and coordination; losing it loses nothing durable)::
+
+    inspectq:job:<job>                       the record, cached with a TTL
+    inspectq:job-ended:<job>                 pub/sub channel: the job has ended
+    inspectq:deliveries:<job>:<retry>        deliveries of one message (poison detection)
+    inspectq:deadletter                      list of dead-lettered job ids, newest first
+    inspectq:requeued:<job>                  reconciler guard against a double enqueue
+    inspectq:dedup:<model sha>:<image sha>   inference cache (same bytes, same model)
+    inspectq:alert:<line>:{seen,defective,cooldown}   defect-rate monitor state
+    inspectq                                 the Celery queue (a list)
+    unacked                                  kombu's hash of delivered, unacked messages
+    inspectq-ratelimit/...                   flask-limiter's counters (prefix)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+# --- S3 ---------------------------------------------------------------------------------
+
+PENDING_PREFIX = "pending/"
+DEADLETTER_PREFIX = "deadletter/"
+IDEMPOTENCY_PREFIX = "idempotency/"
+
+
+@dataclass(frozen=True)
+class JobKeys:
+    """Where one job's objects live. ``prefix`` is ``jobs/<job_id>/``."""
+
+    prefix: str
+
+    @property
+    def image(self) -> str:
+        return self.prefix + "image"
+
+    @property
+    def result(self) -> str:
+        return self.prefix + "result.json"
+
+    @property
+    def mask(self) -> str:
+        return self.prefix + "mask.png"
+
+    @property
+    def overlay(self) -> str:
+        return self.prefix + "overlay.png"
+
+
+def keys_for(job_id: str) -> JobKeys:
+    """S3 keys of a job's objects."""
+    return JobKeys(prefix=f"jobs/{job_id}/")
+
+
+def pending(job_id: str) -> str:
+    """The accepted record of a job without a swept outcome."""
+    return PENDING_PREFIX + job_id
+
+
+def job_id_of_pending(key: str) -> str:
+    return key.removeprefix(PENDING_PREFIX)
+
+
+def deadletter_entry(job_id: str) -> str:
+    return f"{DEADLETTER_PREFIX}{job_id}.json"
+
+
+def idempotency_claim(tenant: str, key: str) -> str:
+    """The claim of an ``Idempotency-Key``: only its digest becomes part of the S3 key."""
+    return f"{IDEMPOTENCY_PREFIX}{tenant}/{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+# --- Redis ------------------------------------------------------------------------------
+
+#: The Celery queue (a Redis list of messages) and kombu's hash of unacked deliveries.
+QUEUE = "inspectq"
+UNACKED = "unacked"
+DEADLETTER_LIST = "inspectq:deadletter"
+RATE_LIMIT_PREFIX = "inspectq-ratelimit"
+JOB_ENDED_PREFIX = "inspectq:job-ended:"
+#: The pattern one subscription per process listens on (``inspectq.endings``).
+JOB_ENDED_PATTERN = JOB_ENDED_PREFIX + "*"
+
+
+def job_cache(job_id: str) -> str:
+    return f"inspectq:job:{job_id}"
+
+
+def job_ended(job_id: str) -> str:
+    """The pub/sub channel ``JobStore.finish`` publishes on when the job ends."""
+    return JOB_ENDED_PREFIX + job_id
+
+
+def job_id_of_channel(channel: str) -> str:
+    return channel.removeprefix(JOB_ENDED_PREFIX)
+
+
+def deliveries(job_id: str, retries: int) -> str:
+    """Delivery count of one message: the job at its ``retries``-th retry."""
+    return f"inspectq:deliveries:{job_id}:{retries}"
+
+
+def deliveries_pattern(job_id: str) -> str:
+    """Every delivery counter of a job (SCAN pattern)."""
+    return f"inspectq:deliveries:{job_id}:*"
+
+
+def requeued(job_id: str) -> str:
+    return f"inspectq:requeued:{job_id}"
+
+
+def inference_cache(model_sha256: str, image_sha256: str) -> str:
+    return f"inspectq:dedup:{model_sha256}:{image_sha256}"
+
+
+def alert_seen(line: str) -> str:
+    return f"inspectq:alert:{line}:seen"
+
+
+def alert_defective(line: str) -> str:
+    return f"inspectq:alert:{line}:defective"
+
+
+def alert_cooldown(line: str) -> str:
+    return f"inspectq:alert:{line}:cooldown"

@@ -1,0 +1,36 @@
+"""``inspectq``: the one console script (``[project.scripts]`` in pyproject.toml)."""
+
+from __future__ import annotations
+
+import click
+
+from inspectq_cli.keys import keys
+from inspectq_cli.model import model
+from inspectq_cli.ops import deadletter, reconcile
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="inspectq")
+def cli() -> None:
+    """inspectq: visual defect inspection at factory scale.
+
+    Settings come from the INSPECTQ_* environment variables (see README.md), as for the
+    API and the workers.
+
+    \b
+    Examples:
+      inspectq keys add --tenant acme --file api-keys.json
+      inspectq deadletter list
+      inspectq reconcile
+      inspectq model list
+    """
+
+
+cli.add_command(keys)
+cli.add_command(deadletter)
+cli.add_command(reconcile)
+cli.add_command(model)
+
+
+def main() -> None:
+    cli(prog_name="inspectq")

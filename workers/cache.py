@@ -1,0 +1,79 @@
+"""Stage 1: the inference cache: the same image bytes under the same model are inferred once.
+
+The model's answer (score, regions, size, and which job's S3 objects hold the mask) is kept
+in Redis at ``keyspace.inference_cache(<model sha256>, <image sha256>)`` (with the results'
+TTL), together with the tiling parameters it was made with. A later job with the same image
+copies the mask and reuses the regions and score; its decision is still made from its own
+thresholds. The cache lives in Redis, not S3, because it is only a cache: losing it costs
+one inference, while an S3 lookup and write would cost every new image two object-store
+round trips.
+
+``tasks`` looks the answer up first (:func:`lookup`), and on a miss remembers the fresh
+answer once its mask is stored (:func:`remember_answer`).
+"""
+
+from __future__ import annotations
+
+import redis
+from pydantic import BaseModel
+
+from inspectq import keyspace
+from inspectq.result import Region
+from inspectq.storage import ObjectStore
+from workers.render import write_mask
+
+
+class ModelAnswer(BaseModel):
+    """What inference concluded about one image, independent of any job's thresholds."""
+
+    score: float
+    regions: list[Region]
+    width: int
+    height: int
+    source_job: str  # the job whose S3 objects hold mask.png
+    params: dict[str, int]  # tiling settings the answer was computed with
+
+
+def cached_answer(
+    cache: redis.Redis, model_sha: str, image_sha: str, params: dict[str, int]
+) -> ModelAnswer | None:
+    """The earlier answer for these bytes and model, if it was made with the same tiling."""
+    if not model_sha:
+        return None  # a model without a digest cannot be told apart from the next one
+    data = cache.get(keyspace.inference_cache(model_sha, image_sha))
+    if data is None:
+        return None
+    answer = ModelAnswer.model_validate_json(data)
+    return answer if answer.params == params else None
+
+
+def copy_mask(store: ObjectStore, from_job: str, to_job: str) -> bool:
+    """Copy another job's mask; False when it is gone (then infer again)."""
+    if from_job == to_job:
+        return True
+    mask = store.get(keyspace.keys_for(from_job).mask)
+    if mask is None:
+        return False
+    write_mask(store, to_job, mask)
+    return True
+
+
+def lookup(
+    cache: redis.Redis, store: ObjectStore, job_id: str, model_sha: str, image_sha: str,
+    params: dict[str, int],
+) -> ModelAnswer | None:
+    """The cached answer with its mask copied to ``job_id``, or None (infer it)."""
+    answer = cached_answer(cache, model_sha, image_sha, params)
+    if answer is None or not copy_mask(store, answer.source_job, job_id):
+        return None
+    return answer
+
+
+def remember_answer(
+    cache: redis.Redis, model_sha: str, image_sha: str, answer: ModelAnswer, ttl_s: int
+) -> None:
+    """Keep the answer for later jobs with the same bytes (the first one written stays)."""
+    if not model_sha:
+        return
+    cache.set(keyspace.inference_cache(model_sha, image_sha), answer.model_dump_json(
+        by_alias=True), nx=True, ex=ttl_s)
