@@ -22,7 +22,7 @@ Redis (cache and coordination; losing it loses nothing durable)::
     inspectq:deliveries:<job>:<retry>        deliveries of one message (poison detection)
     inspectq:deadletter                      list of dead-lettered job ids, newest first
     inspectq:requeued:<job>                  reconciler guard against a double enqueue
-    inspectq:dedup:<model sha>:<image sha>   inference cache (same bytes, same model)
+    inspectq:dedup:<tenant>:<model sha>:<image sha>   inference cache (same tenant, bytes, model)
     inspectq:alert:<line>:{seen,defective,cooldown}   defect-rate monitor state
     inspectq                                 the Celery queue (a list)
     unacked                                  kombu's hash of delivered, unacked messages
@@ -126,8 +126,9 @@ def requeued(job_id: str) -> str:
     return f"inspectq:requeued:{job_id}"
 
 
-def inference_cache(model_sha256: str, image_sha256: str) -> str:
-    return f"inspectq:dedup:{model_sha256}:{image_sha256}"
+def inference_cache(tenant: str, model_sha256: str, image_sha256: str) -> str:
+    """Per tenant: a hit would otherwise tell one tenant that another inspected the image."""
+    return f"inspectq:dedup:{tenant}:{model_sha256}:{image_sha256}"
 
 
 def alert_seen(line: str) -> str:

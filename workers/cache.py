@@ -1,12 +1,14 @@
 """Stage 1: the inference cache: the same image bytes under the same model are inferred once.
 
 The model's answer (score, regions, size, and which job's S3 objects hold the mask) is kept
-in Redis at ``keyspace.inference_cache(<model sha256>, <image sha256>)`` (with the results'
-TTL), together with the tiling parameters it was made with. A later job with the same image
-copies the mask and reuses the regions and score; its decision is still made from its own
-thresholds. The cache lives in Redis, not S3, because it is only a cache: losing it costs
-one inference, while an S3 lookup and write would cost every new image two object-store
-round trips.
+in Redis at ``keyspace.inference_cache(<tenant>, <model sha256>, <image sha256>)`` (with the
+results' TTL), together with the tiling parameters it was made with. A later job of the same
+tenant with the same image copies the mask and reuses the regions and score; its decision is
+still made from its own thresholds. The cache is per tenant: a shared one would answer a
+second tenant faster and with ``cache_hit: true``, telling it that another tenant had
+inspected the same image. The cache lives in Redis, not S3, because it is only a cache:
+losing it costs one inference, while an S3 lookup and write would cost every new image two
+object-store round trips.
 
 ``tasks`` looks the answer up first (:func:`lookup`), and on a miss remembers the fresh
 answer once its mask is stored (:func:`remember_answer`).
@@ -18,6 +20,7 @@ import redis
 from pydantic import BaseModel
 
 from inspectq import keyspace
+from inspectq.jobs import JobRecord
 from inspectq.result import Region
 from inspectq.storage import ObjectStore
 from workers.render import write_mask
@@ -35,12 +38,12 @@ class ModelAnswer(BaseModel):
 
 
 def cached_answer(
-    cache: redis.Redis, model_sha: str, image_sha: str, params: dict[str, int]
+    cache: redis.Redis, record: JobRecord, model_sha: str, params: dict[str, int]
 ) -> ModelAnswer | None:
-    """The earlier answer for these bytes and model, if it was made with the same tiling."""
+    """The earlier answer for this tenant's bytes and model, if made with the same tiling."""
     if not model_sha:
         return None  # a model without a digest cannot be told apart from the next one
-    data = cache.get(keyspace.inference_cache(model_sha, image_sha))
+    data = cache.get(keyspace.inference_cache(record.tenant, model_sha, record.image.sha256))
     if data is None:
         return None
     answer = ModelAnswer.model_validate_json(data)
@@ -59,21 +62,22 @@ def copy_mask(store: ObjectStore, from_job: str, to_job: str) -> bool:
 
 
 def lookup(
-    cache: redis.Redis, store: ObjectStore, job_id: str, model_sha: str, image_sha: str,
+    cache: redis.Redis, store: ObjectStore, record: JobRecord, model_sha: str,
     params: dict[str, int],
 ) -> ModelAnswer | None:
-    """The cached answer with its mask copied to ``job_id``, or None (infer it)."""
-    answer = cached_answer(cache, model_sha, image_sha, params)
-    if answer is None or not copy_mask(store, answer.source_job, job_id):
+    """The cached answer with its mask copied to ``record``'s job, or None (infer it)."""
+    answer = cached_answer(cache, record, model_sha, params)
+    if answer is None or not copy_mask(store, answer.source_job, record.id):
         return None
     return answer
 
 
 def remember_answer(
-    cache: redis.Redis, model_sha: str, image_sha: str, answer: ModelAnswer, ttl_s: int
+    cache: redis.Redis, record: JobRecord, model_sha: str, answer: ModelAnswer, ttl_s: int
 ) -> None:
-    """Keep the answer for later jobs with the same bytes (the first one written stays)."""
+    """Keep the answer for the tenant's later jobs with the same bytes (the first one written
+    stays)."""
     if not model_sha:
         return
-    cache.set(keyspace.inference_cache(model_sha, image_sha), answer.model_dump_json(
-        by_alias=True), nx=True, ex=ttl_s)
+    key = keyspace.inference_cache(record.tenant, model_sha, record.image.sha256)
+    cache.set(key, answer.model_dump_json(by_alias=True), nx=True, ex=ttl_s)

@@ -174,8 +174,7 @@ def _run_stages(services: Services, record: JobRecord, started: float) -> Inspec
     timings.triton_ms = _ms(clock)
 
     clock = time.perf_counter()
-    answer = cache.lookup(services.redis, store, record.id, info.sha256, record.image.sha256,
-                          params)
+    answer = cache.lookup(services.redis, store, record, info.sha256, params)
     timings.s3_get_ms = _ms(clock)
     cache_hit = answer is not None
     record_started = time.perf_counter()
@@ -205,7 +204,7 @@ def _run_stages(services: Services, record: JobRecord, started: float) -> Inspec
 
         record_started = time.perf_counter()
         write_mask(store, record.id, mask_png(class_map))
-        cache.remember_answer(services.redis, info.sha256, record.image.sha256, answer,
+        cache.remember_answer(services.redis, record, info.sha256, answer,
                               settings.result_ttl_s)
     decision = decide(answer.score, record.thresholds)
     # Mask and cache writes; the result's own write (finish) comes after and cannot time itself.

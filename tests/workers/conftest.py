@@ -84,7 +84,7 @@ def slow_image(seed: int = 0) -> np.ndarray:
 
 
 def submit(services: Services, data: bytes, *, line: str = "line-1",
-           thresholds: tuple[float, float] = (0.40, 0.65)) -> str:
+           thresholds: tuple[float, float] = (0.40, 0.65), tenant: str = "default") -> str:
     """Accept a job the way the ingest API does: image to S3, then the job record."""
     import hashlib
 
@@ -93,7 +93,7 @@ def submit(services: Services, data: bytes, *, line: str = "line-1",
     services.store.put(keys.image, data, "image/png")
     now = utc_now()
     services.jobs.create(JobRecord(
-        id=job_id, tenant="default", status=Status.QUEUED, created_at=now, updated_at=now,
+        id=job_id, tenant=tenant, status=Status.QUEUED, created_at=now, updated_at=now,
         enqueued_at=time.time(), line=line,
         thresholds={"pass": thresholds[0], "reject": thresholds[1]},
         image=ImageRef(key=keys.image, sha256=hashlib.sha256(data).hexdigest(),

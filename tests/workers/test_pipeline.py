@@ -182,6 +182,19 @@ def test_malformed_job_id_is_dropped_without_touching_storage(services: Services
     assert inspect_job(services, "j_" + "x" * 22) is None  # well-formed but unknown
 
 
+def test_one_tenant_learns_nothing_from_another_tenants_cache(services: Services) -> None:
+    """The same bytes from another tenant are inferred afresh: no cache hit, no shared mask,
+    no faster answer that would reveal the first tenant's image."""
+    data = png(strip_with_scratch(seed=8))
+    first = inspect_job(services, submit(services, data, tenant="acme"))
+    count_after_first = _inference_count(services.settings.triton_url)
+    other = inspect_job(services, submit(services, data, tenant="globex"))
+    assert first.result.cache_hit is False and other.result.cache_hit is False
+    assert _inference_count(services.settings.triton_url) > count_after_first
+    again = inspect_job(services, submit(services, data, tenant="acme"))
+    assert again.result.cache_hit is True  # within one tenant the cache still works
+
+
 def test_ops_commands_list_replay_and_reconcile(
     services: Services, redis_client: redis.Redis
 ) -> None:
