@@ -75,6 +75,37 @@ class BatchLeak(torch.nn.Module):
                 torch.zeros(n, 256, 256, dtype=torch.float16), score)
 
 
+class WrongInputName(torch.nn.Module):
+    """Fits the contract except that Triton binds the input `images` by argument name."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n = x.shape[0]
+        return (torch.zeros(n, 256, 256, dtype=torch.uint8),
+                torch.zeros(n, 256, 256, dtype=torch.float16), torch.zeros(n, 1))
+
+
+class BatchRelativeScore(torch.nn.Module):
+    """Scores an image's roughness against the batch mean: alone every image scores 0.5, and so
+    do two noise images together (both saturate), but a clean image next to rough ones ~0."""
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n = images.shape[0]
+        roughness = (images.float().std((1, 2, 3)) / 30).clamp(max=1).unsqueeze(1)
+        score = (0.5 + roughness - roughness.mean()).clamp(0, 1)
+        return (torch.zeros(n, 256, 256, dtype=torch.uint8),
+                torch.zeros(n, 256, 256, dtype=torch.float16), score)
+
+
+class FirstImageReference(torch.nn.Module):
+    """Compares every image with the batch's first one as a golden sample: the first image (and
+    an image alone) always comes out clean, the others depend on their neighbour."""
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        difference = (images.float() - images[:1].float()).abs().mean(1) / 255
+        class_map = (difference > 0.5).to(torch.uint8)
+        return class_map, difference.half(), difference.mean((1, 2)).unsqueeze(1)
+
+
 def scripted(module: torch.nn.Module, path: Path) -> Path:
     torch.jit.save(torch.jit.script(module), str(path))
     return path
@@ -93,7 +124,8 @@ def test_install_select_and_roll_back(repos_copy: Repositories, tmp_path: Path) 
     assert (repos_copy.cpu_model / str(new) / "model.py").exists()
     installed = card.read(repos_copy.model_file(new).parent)
     assert installed["sha256"] == sha256_of(user_file)
-    assert installed["smoke_test"]["outputs"]["defect_prob"] == "float16 [2, 256, 256]"
+    assert installed["smoke_test"]["outputs"]["defect_prob"] == "float16 [N, 256, 256]"
+    assert installed["smoke_test"]["batch_consistency_max_abs_diff"] <= byom.BATCH_TOLERANCE
 
     run_byom(repos_copy, "select", str(new))
     for config in (repos_copy.gpu_model / "config.pbtxt", repos_copy.cpu_model / "config.pbtxt"):
@@ -130,11 +162,16 @@ def test_refuses_missing_truncated_and_mismatched_files(
 
 @pytest.mark.parametrize(("module", "expected"), [
     (WrongDtype(), "output class_map is torch.float32"),
-    (WrongShape(), "output class_map is torch.uint8 [2, 128, 128]"),
+    (WrongShape(), "output class_map is torch.uint8 [1, 128, 128]"),
     (OneOutput(), "forward must return 3 tensors"),
     (OutOfRange(), "defect_prob must be finite and within 0..1"),
     (BatchLeak(), "batch items interact"),
-])
+    (WrongInputName(), "forward takes (x), the contract needs exactly one input named 'images'"),
+    (BatchRelativeScore(), "image_score of the grey probe image moves by 0.5000 between alone "
+                           "and position 0 of the batch [grey, stripes, noise, scratch_and_spot]"),
+    (FirstImageReference(), "class_map of the stripes probe image changes in 32768 pixels "
+                            "between alone and position 1 of the batch"),
+], ids=lambda value: type(value).__name__ if isinstance(value, torch.nn.Module) else None)
 def test_refuses_models_that_do_not_fit_the_contract(
         repos_copy: Repositories, tmp_path: Path,
         module: torch.nn.Module, expected: str) -> None:
