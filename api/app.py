@@ -8,12 +8,14 @@ record + enqueue), ``routes/`` (HTTP), ``auth``/``apikeys`` (who), ``ratelimit``
 from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, jsonify
+from flask_cors import CORS
 from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.models import SecureType
 
 from api.auth import require_api_key
 from api.errors import register_error_handlers
 from api.health import health_blueprint
+from api.openapi import complete
 from api.ratelimit import install_rate_limits
 from api.routes.batches import add_batch_routes
 from api.routes.common import raise_validation_error
@@ -42,6 +44,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         annotations=False,
         validation_error_status=400,
         before=raise_validation_error,
+        # Schema names as the classes are named ("JobOut", "Region"), no hash suffixes.
+        naming_strategy=lambda model: model.__name__,
+        nested_naming_strategy=lambda _parent, child: child,
         security_schemes=[
             SecurityScheme(
                 name="bearer", data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer")
@@ -56,11 +61,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_rate_limits(app, settings, v1)
     app.register_blueprint(v1)
     app.register_blueprint(health_blueprint())
+    if settings.cors_origins:
+        # Browsers send the key as a bearer header, never a cookie: no credentials mode.
+        CORS(app, resources={r"/v1/*": {"origins": settings.cors_origins}},
+             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+             expose_headers=["Location", "Retry-After", "Idempotent-Replayed"], max_age=600)
 
     spec.register(app)
+    with app.app_context():  # spectree reads the routes from the current app
+        document = complete(spec.spec)
 
     @app.get("/openapi.json")
     def openapi() -> Response:
-        return jsonify(spec.spec)
+        return jsonify(document)
 
     return app

@@ -26,7 +26,11 @@ def bearer_token() -> str | None:
 
 
 def require_api_key() -> None:
-    """``before_request`` hook: refuse the request unless it carries a known key."""
+    """``before_request`` hook: refuse the request unless it carries a known key. A CORS
+    preflight (``OPTIONS``) carries none by design: it reaches no data and is answered by
+    Flask (with CORS headers where ``cors_origins`` allows the origin)."""
+    if request.method == "OPTIONS":
+        return
     token = bearer_token()
     if token is None:
         raise _unauthorized("Send an API key as `Authorization: Bearer <key>`.", "invalid_request")

@@ -13,9 +13,11 @@ cuts a client off. Orchestrators must allow at least as long before SIGKILL
 (Kubernetes: ``terminationGracePeriodSeconds`` >= 45).
 """
 
+from api import server_errors
 from inspectq.config import Settings
 
 _settings = Settings()
+server_errors.install()  # gunicorn's own 400/414/431 answers are JSON too
 
 worker_class = "gthread"
 workers = 1
@@ -27,6 +29,8 @@ keepalive = 5
 # No gunicornc control socket: its default path is per user, so two API processes on one
 # host (tests, the dev stack) would fight over it; SIGTERM/SIGHUP are all we use.
 control_socket_disable = True
-# Access log to stdout; it carries paths and statuses, never headers (no API keys).
+# Access log to stdout: method, path, status, size, time. Never the query string or headers:
+# a client that sends its API key as `?api_key=...` (or anything secret in any field) must
+# not find it in the log, so nothing a client chooses besides the path is written.
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'

@@ -3,15 +3,20 @@
 The claim is an S3 object ``keyspace.idempotency_claim(tenant, key)`` written with a conditional
 put, so it is durable and race-free: of two concurrent requests with one key exactly one
 writes it, and the other answers with the winner's job. The key itself never becomes part of
-an S3 key, only its digest. Claims carry the image's digest, so reusing a key for a different
-image is refused instead of silently answering with the wrong job.
+an S3 key, only its digest. Claims carry a fingerprint of the request (the image's digest
+and every option: line, camera, thresholds, metadata), so reusing a key for a different
+image or different parameters is refused (422), as payment APIs do, instead of silently
+answering with a job made from other inputs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from api.errors import ApiError
 from inspectq import keyspace
@@ -26,6 +31,22 @@ _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 class Claim:
     job_id: str
     image_sha256: str
+    #: sha256 of the whole request (see :func:`request_fingerprint`); "" in claims written
+    #: before it existed, which are compared by image only.
+    request_sha256: str = ""
+
+    def matches(self, other: Claim) -> bool:
+        if self.request_sha256 and other.request_sha256:
+            return self.request_sha256 == other.request_sha256
+        return self.image_sha256 == other.image_sha256
+
+
+def request_fingerprint(image_sha256: str, options: dict[str, Any]) -> str:
+    """One digest of the image and the options as the client sent them (defaults are not
+    filled in, so a change of the server's defaults does not break a client's retry)."""
+    canonical = json.dumps({"image": image_sha256, "options": options}, sort_keys=True,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def check_key(value: str) -> str:
@@ -46,10 +67,9 @@ class IdempotencyClaims:
         data = self._store.get_json(keyspace.idempotency_claim(tenant, key))
         return None if data is None else Claim(**data)
 
-    def claim(self, tenant: str, key: str, job_id: str, image_sha256: str) -> Claim:
-        """Claim ``key`` for ``job_id``; returns the claim that holds the key, ours or the
-        one a concurrent request wrote first."""
-        mine = Claim(job_id=job_id, image_sha256=image_sha256)
+    def claim(self, tenant: str, key: str, mine: Claim) -> Claim:
+        """Claim ``key`` for ``mine.job_id``; returns the claim that holds the key, ours or
+        the one a concurrent request wrote first."""
         try:
             self._store.put_json(keyspace.idempotency_claim(tenant, key), mine.__dict__,
                                  only_if_new=True)
@@ -78,5 +98,6 @@ def mismatch() -> ApiError:
     return ApiError(
         422,
         "idempotency_key_reused",
-        "This Idempotency-Key was already used for a different image.",
+        "This Idempotency-Key was already used for a different request (another image, or"
+        " other line, camera, thresholds or metadata).",
     )

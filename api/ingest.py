@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from api.errors import ApiError
-from api.idempotency import in_progress, mismatch
+from api.idempotency import Claim, in_progress, mismatch, request_fingerprint
 from api.images import AcceptedImage
 from api.schemas import JobOptions
 from api.services import Services
@@ -39,6 +39,7 @@ QUEUE_FULL_RETRY_AFTER_S = 10
 class Accepted:
     job_id: str
     replayed: bool
+    status: Status = Status.QUEUED  # a replay answers the job's current status
 
 
 def check_capacity(svc: Services, new_jobs: int) -> None:
@@ -75,20 +76,22 @@ def accept(
 ) -> Accepted:
     """Store, record and enqueue one validated image. ``started`` is ``perf_counter()`` at
     the start of the request, for the record's ``ingest_ms``."""
+    job_id = new_job_id()
+    mine = Claim(job_id=job_id, image_sha256=image.sha256,
+                 request_sha256=request_fingerprint(image.sha256, options.as_sent()))
     if idempotency_key is not None:
         existing = svc.claims.find(tenant, idempotency_key)
         if existing is not None:
-            return _replay(svc, existing.job_id, existing.image_sha256, image, tenant)
+            return _replay(svc, existing, mine, tenant)
 
-    job_id = new_job_id()
     keys = keys_for(job_id)
     svc.store.put(keys.image, image.data, image.content_type)
 
     if idempotency_key is not None:
-        winner = svc.claims.claim(tenant, idempotency_key, job_id, image.sha256)
+        winner = svc.claims.claim(tenant, idempotency_key, mine)
         if winner.job_id != job_id:
             _forget_image(svc, keys.image)
-            return _replay(svc, winner.job_id, winner.image_sha256, image, tenant)
+            return _replay(svc, winner, mine, tenant)
 
     now = utc_now()
     record = JobRecord(
@@ -122,16 +125,14 @@ def accept(
     return Accepted(job_id=job_id, replayed=False)
 
 
-def _replay(
-    svc: Services, job_id: str, claimed_sha256: str, image: AcceptedImage, tenant: str
-) -> Accepted:
-    if claimed_sha256 != image.sha256:
+def _replay(svc: Services, claimed: Claim, mine: Claim, tenant: str) -> Accepted:
+    if not claimed.matches(mine):
         raise mismatch()
-    record = svc.jobs.get(job_id)
+    record = svc.jobs.get(claimed.job_id)
     if record is None or record.tenant != tenant:
         # The winner has claimed the key but not yet written its record.
         raise in_progress()
-    return Accepted(job_id=job_id, replayed=True)
+    return Accepted(job_id=claimed.job_id, replayed=True, status=record.status)
 
 
 def _forget_image(svc: Services, key: str) -> None:

@@ -7,15 +7,49 @@ let Prometheus scrape each: counters are per process.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
+import redis
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from inspectq import keyspace
+
+
+class SharedCounts(Collector):
+    """Counts every process keeps in Redis (workers, the reconciler, the API), read at
+    scrape time: records quarantined because no reader could parse them."""
+
+    def __init__(self, redis_client: redis.Redis) -> None:
+        self._redis = redis_client
+
+    @staticmethod
+    def _family(value: float | None = None) -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "inspectq_quarantined_records",
+            "Stored job records no reader could parse, moved to quarantine/ in S3 (all "
+            "processes of the deployment).",
+            value=value,
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            value = int(self._redis.get(keyspace.QUARANTINED_COUNT) or 0)
+        except redis.RedisError:
+            return  # Redis is down: /readyz says so; the scrape still answers
+        yield self._family(value)
 
 
 class ApiMetrics:
-    def __init__(self) -> None:
+    def __init__(self, redis_client: redis.Redis) -> None:
         self.registry = CollectorRegistry()
+        self.registry.register(SharedCounts(redis_client))
         self.requests = Counter(
             "inspectq_api_requests_total",
             "HTTP requests by route template, method and status.",
@@ -68,4 +102,5 @@ class ApiMetrics:
         return response
 
     def _expose(self) -> Response:
-        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+        # content_type, not mimetype: Flask would add a second "; charset=utf-8".
+        return Response(generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)

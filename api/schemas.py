@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -25,7 +25,11 @@ from inspectq.result import InspectionResult
 #: Production line and camera ids. They appear in records and metrics, never in S3 keys,
 #: and the strict pattern keeps them from smuggling anything anywhere.
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+#: Metadata limits: a job record must stay small and readable by every JSON parser on its
+#: way (the API, the workers, the reconciler); a 500-byte document 300 levels deep is not.
 MAX_METADATA_CHARS = 16 * 1024
+MAX_METADATA_DEPTH = 5
+MAX_METADATA_KEYS = 64
 
 
 def _require_file(value: Any) -> FileStorage:
@@ -67,7 +71,9 @@ class JobOptions(BaseModel):
     metadata: str | None = Field(
         default=None,
         max_length=MAX_METADATA_CHARS,
-        description="A JSON object, stored with the job and returned with its status.",
+        description=f"A JSON object, stored with the job and returned with its status. At"
+        f" most {MAX_METADATA_CHARS} characters, {MAX_METADATA_DEPTH} levels of nesting and"
+        f" {MAX_METADATA_KEYS} keys in all.",
     )
 
     @field_validator("metadata")
@@ -77,14 +83,29 @@ class JobOptions(BaseModel):
             return None
         try:
             parsed = json.loads(value, parse_constant=_refuse_constant)
+        except RecursionError as error:
+            raise ValueError(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels "
+                             f"(the limit)") from error
         except ValueError as error:
             raise ValueError(f"metadata is not valid JSON: {error}") from error
         if not isinstance(parsed, dict):
             raise ValueError("metadata must be a JSON object")
+        depth, keys = _shape(parsed)
+        if depth > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata nests {depth} levels deep; the limit is "
+                             f"{MAX_METADATA_DEPTH}")
+        if keys > MAX_METADATA_KEYS:
+            raise ValueError(f"metadata has {keys} keys in all; the limit is {MAX_METADATA_KEYS}")
         return value
 
     def metadata_object(self) -> dict[str, Any]:
         return {} if self.metadata is None else json.loads(self.metadata)
+
+    def as_sent(self) -> dict[str, Any]:
+        """The options as the client sent them (unset ones None, metadata parsed), for the
+        idempotency fingerprint."""
+        return {"line": self.line, "camera": self.camera, "pass": self.pass_threshold,
+                "reject": self.reject_threshold, "metadata": self.metadata_object()}
 
     def thresholds(self, default_pass: float, default_reject: float) -> tuple[float, float]:
         """The job's (pass, reject) pair, each defaulting to the service's own.
@@ -98,6 +119,25 @@ class JobOptions(BaseModel):
                 f"pass_threshold ({pass_t}) must be below reject_threshold ({reject_t})"
             )
         return pass_t, reject_t
+
+
+def _shape(value: Any) -> tuple[int, int]:
+    """(nesting depth, number of object keys) of parsed JSON, walked without recursion: an
+    object or array is one level, its contents one more."""
+    depth = keys = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+            keys += len(item)
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth = max(depth, level)
+        stack.extend((child, level + 1) for child in children)
+    return depth, keys
 
 
 def _refuse_constant(name: str) -> Any:
@@ -132,7 +172,11 @@ class WaitQuery(BaseModel):
 
 class JobAccepted(BaseModel):
     id: str
-    status: Literal["queued"] = "queued"
+    status: Status = Field(
+        default=Status.QUEUED,
+        description="queued for a new job; an idempotent replay answers the job's current"
+        " status.",
+    )
     status_url: str
 
 

@@ -35,7 +35,7 @@ class Services(Backends):
             celery=make_celery(settings),
             keys=KeyRegistry(settings.api_keys_file, settings.api_key.get_secret_value()),
             claims=IdempotencyClaims(core.store),
-            metrics=ApiMetrics(),
+            metrics=ApiMetrics(core.redis),
         )
 
 

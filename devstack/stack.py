@@ -75,16 +75,18 @@ def isolated_config(var_dir: Path, redis_db: int, **overrides: Any) -> StackConf
     """A whole second stack on free ports with its own Redis DB and data folder, beside any
     running dev stack: what the end-to-end tests and the chaos run use.
     """
+    api_port = free_port()
     settings = Settings(
         redis_url=f"redis://127.0.0.1:6379/{redis_db}",
         s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
         triton_url=f"127.0.0.1:{free_port()}",
+        public_url=f"http://127.0.0.1:{api_port}",
         **overrides,
     )
     return StackConfig(
         settings=settings,
         var_dir=var_dir,
-        api_port=free_port(),
+        api_port=api_port,
         triton_http_port=free_port(),
         triton_metrics_port=free_port(),
     )

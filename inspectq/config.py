@@ -51,7 +51,14 @@ class Settings(BaseSettings):
         default=None, description="JSON file of hashed API keys (see `inspectq keys`)."
     )
     public_url: str = Field(
-        default="", description="Base URL used in status_url links; empty = the request's host."
+        default="http://127.0.0.1:8080",
+        description="The API's public base URL, used in status_url and Location. Never taken "
+        "from the request's Host header, which any client can set.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API (CORS), e.g. "
+        '["https://dashboard.example"]; empty (the default) sends no CORS headers.',
     )
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1)

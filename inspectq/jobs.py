@@ -14,11 +14,17 @@ The record lives in two places on purpose:
   transient states (``processing``, ``retrying``). When Redis loses it, :meth:`JobStore.get`
   falls back to S3 and puts it back.
 
+A record that cannot be parsed (corrupted, or written by a bug) never stops a reader: it is
+moved to ``quarantine/<its key>`` in S3 (or dropped from Redis, which holds only a copy),
+logged, counted (``keyspace.QUARANTINED_COUNT``, exported by the API's ``/metrics``), and
+the job reads as unknown. One bad record must not stop the reconciler for every other job.
+
 Celery's own result backend is never used: it answers PENDING for ids it never saw.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -34,6 +40,8 @@ from inspectq.config import Settings
 from inspectq.endings import JobEndings
 from inspectq.result import InspectionResult, Thresholds
 from inspectq.storage import ObjectExists, ObjectStore
+
+log = logging.getLogger(__name__)
 
 _JOB_ID = re.compile(r"^j_[A-Za-z0-9_-]{22}$")
 #: A long-poll re-reads the record at least this often, in case an ending was missed.
@@ -146,17 +154,46 @@ class JobStore:
         self._cache(record)
 
     def get(self, job_id: str) -> JobRecord | None:
-        """The newest known state: Redis, else the S3 outcome, else the S3 accepted record."""
-        cached = self._redis.get(keyspace.job_cache(job_id))
+        """The newest known state: Redis, else the S3 outcome, else the S3 accepted record.
+        None for an unknown job, and for one whose stored record is unreadable
+        (quarantined, see the module docstring)."""
+        cache_key = keyspace.job_cache(job_id)
+        cached = self._redis.get(cache_key)
         if cached is not None:
-            return JobRecord.model_validate_json(cached)
-        data = (self._store.get_json(keyspace.keys_for(job_id).result)
-                or self._store.get_json(keyspace.pending(job_id)))
-        if data is None:
+            record = self._parse(cached, cache_key)
+            if record is not None:
+                return record
+        for key in (keyspace.keys_for(job_id).result, keyspace.pending(job_id)):
+            raw = self._store.get(key)
+            if raw is None:
+                continue
+            record = self._parse(raw, key)
+            if record is None:
+                return None
+            self._cache(record)
+            return record
+        return None
+
+    def _parse(self, raw: bytes, key: str) -> JobRecord | None:
+        """The record stored at ``key`` (a Redis key or an S3 key), or None after
+        quarantining it when it cannot be parsed."""
+        try:
+            return JobRecord.model_validate_json(raw)
+        except (ValueError, RecursionError) as error:  # ValidationError is a ValueError
+            self.quarantine(key, raw, error)
             return None
-        record = JobRecord.model_validate(data)
-        self._cache(record)
-        return record
+
+    def quarantine(self, key: str, raw: bytes, error: Exception) -> None:
+        """Move an unreadable record out of every reader's way, keep it for a person, count
+        it. A Redis copy is simply dropped: S3 holds the durable one."""
+        log.error("unreadable record at %s quarantined (%d bytes): %s: %s", key, len(raw),
+                  type(error).__name__, str(error)[:300])
+        if key.startswith(keyspace.job_cache("")):
+            self._redis.delete(key)
+        else:
+            self._store.put(keyspace.quarantined(key), raw, "application/octet-stream")
+            self._store.delete(key)
+        self._redis.incr(keyspace.QUARANTINED_COUNT)
 
     def update(
         self, job_id: str, *, record: JobRecord | None = None, **changes: Any
@@ -201,11 +238,16 @@ class JobStore:
             }
         )
         result_key = keyspace.keys_for(job_id).result
+        body = final.to_json().encode()
         try:
-            self._store.put(result_key, final.to_json().encode(), "application/json",
-                            only_if_new=True)
+            self._store.put(result_key, body, "application/json", only_if_new=True)
         except ObjectExists:
-            final = JobRecord.model_validate(self._store.get_json(result_key))
+            raw = self._store.get(result_key)
+            first = None if raw is None else self._parse(raw, result_key)
+            if first is not None:
+                final = first
+            else:  # the first outcome was unreadable and is quarantined now: ours stands
+                self._store.put(result_key, body, "application/json", only_if_new=True)
         pipe = self._redis.pipeline(transaction=False)
         self._cache(final, pipe)
         pipe.publish(keyspace.job_ended(job_id), final.status.value)
@@ -246,8 +288,9 @@ class JobStore:
             chunk = job_ids[start:start + 1000]
             for job_id, raw in zip(chunk, self._redis.mget(
                     [keyspace.job_cache(job_id) for job_id in chunk]), strict=True):
-                if raw is not None:
-                    found[job_id] = JobRecord.model_validate_json(raw)
+                record = None if raw is None else self._parse(raw, keyspace.job_cache(job_id))
+                if record is not None:
+                    found[job_id] = record
         return found
 
     def reopen(self, job_id: str) -> JobRecord | None:

@@ -13,6 +13,7 @@ S3 (the durable record)::
     jobs/<job>/overlay.png      drawn by the API on first request
     pending/<job>               accepted record, until the reconciler sees the outcome
     deadletter/<job>.json       a poison message's entry
+    quarantine/<original key>   a stored record no reader could parse, moved aside
     idempotency/<tenant>/<sha256(Idempotency-Key)>
 
 Redis (cache and coordination; losing it loses nothing durable)::
@@ -22,6 +23,7 @@ Redis (cache and coordination; losing it loses nothing durable)::
     inspectq:deliveries:<job>:<retry>        deliveries of one message (poison detection)
     inspectq:deadletter                      list of dead-lettered job ids, newest first
     inspectq:requeued:<job>                  reconciler guard against a double enqueue
+    inspectq:quarantined                     count of records moved to quarantine/ (a metric)
     inspectq:dedup:<tenant>:<model sha>:<image sha>   inference cache (same tenant, bytes, model)
     inspectq:alert:<line>:{seen,defective,cooldown}   defect-rate monitor state
     inspectq                                 the Celery queue (a list)
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 PENDING_PREFIX = "pending/"
 DEADLETTER_PREFIX = "deadletter/"
 IDEMPOTENCY_PREFIX = "idempotency/"
+QUARANTINE_PREFIX = "quarantine/"
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,11 @@ def job_id_of_pending(key: str) -> str:
     return key.removeprefix(PENDING_PREFIX)
 
 
+def quarantined(key: str) -> str:
+    """Where an unreadable stored record is moved, under its original key."""
+    return QUARANTINE_PREFIX + key
+
+
 def deadletter_entry(job_id: str) -> str:
     return f"{DEADLETTER_PREFIX}{job_id}.json"
 
@@ -93,6 +101,7 @@ def idempotency_claim(tenant: str, key: str) -> str:
 QUEUE = "inspectq"
 UNACKED = "unacked"
 DEADLETTER_LIST = "inspectq:deadletter"
+QUARANTINED_COUNT = "inspectq:quarantined"
 RATE_LIMIT_PREFIX = "inspectq-ratelimit"
 JOB_ENDED_PREFIX = "inspectq:job-ended:"
 #: The pattern one subscription per process listens on (``inspectq.endings``).

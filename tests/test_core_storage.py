@@ -180,3 +180,37 @@ def test_wait_survives_its_subscription_being_killed(
     started = time.monotonic()
     assert jobs.wait(second, timeout_s=20).status is Status.DONE
     assert time.monotonic() - started < 4.0  # resubscribed: woken, not left to the re-read
+
+
+@pytest.mark.parametrize("body", [
+    b'{"id": "x", ' + b"[" * 300,  # truncated and deeply nested
+    b"\x00\xff not json",
+    b'{"id": "j_AAAAAAAAAAAAAAAAAAAAAA"}',  # JSON, but not a job record
+], ids=["deep-truncated", "binary", "not-a-record"])
+def test_an_unreadable_record_is_quarantined_counted_and_reads_as_unknown(
+    settings: Settings, store: ObjectStore, redis_client: redis.Redis, body: bytes
+) -> None:
+    jobs = JobStore(settings, store, redis_client)
+    job_id = new_job_id()
+    store.put(f"pending/{job_id}", body)
+    assert job_id in jobs.pending_job_ids()
+    assert jobs.get(job_id) is None  # no exception: the reader goes on
+    assert job_id not in jobs.pending_job_ids()
+    assert store.get(f"quarantine/pending/{job_id}") == body  # kept for a person
+    assert int(redis_client.get("inspectq:quarantined")) == 1
+
+
+def test_an_unreadable_cached_copy_falls_back_to_the_durable_record(
+    settings: Settings, store: ObjectStore, redis_client: redis.Redis
+) -> None:
+    jobs = JobStore(settings, store, redis_client)
+    job_id = new_job_id()
+    jobs.create(_record(job_id))
+    redis_client.set(f"inspectq:job:{job_id}", b"{garbage")
+    assert jobs.cached([job_id]) == {}
+    redis_client.set(f"inspectq:job:{job_id}", b"{garbage")
+    record = jobs.get(job_id)
+    assert record is not None and record.id == job_id  # from S3, and cached again
+    assert jobs.cached([job_id])[job_id] == record
+    assert int(redis_client.get("inspectq:quarantined")) == 2
+    assert store.get(f"quarantine/inspectq:job:{job_id}") is None  # a copy is just dropped

@@ -5,19 +5,20 @@ jobs keep until the reconciler sweeps them). The reconciler, every ``reconcile_i
 
 * **sweeps** the markers of finished jobs, in batches (one S3 request per 1,000 keys);
 
-and re-enqueues:
-
-* **lost** jobs: Redis no longer holds their record (flushed, restarted empty). The record
-  is put back in Redis from S3 and the job enqueued again;
-* **stale** jobs: Redis holds a ``queued``/``processing``/``retrying`` record that has not
-  changed for longer than a job can legitimately sit still (``visibility_timeout_s`` +
-  ``retry_backoff_max_s``) and no message for it is in the broker (neither the queue nor
-  Celery's ``unacked`` hash). That is a job whose enqueue failed at ingest, or whose
-  message was acked without an outcome being written.
+and re-enqueues every **lost** job: one without an outcome whose message is nowhere in the
+broker, neither queued (the ``inspectq`` list) nor delivered and unacked (kombu's
+``unacked`` hash, which also holds retries waiting for their countdown). Whether Redis
+still holds the job's record does not matter: a client polling after a Redis flush puts
+the record back as ``queued``, and that must not make a lost job look alive. Only the
+broker's own state tells a lost message from a live one. Two exceptions keep a healthy job
+from being enqueued twice: a job whose record changed in the last ``ENQUEUE_GRACE_S``
+(ingest writes the record just before it enqueues), and one whose message shows up in a
+second read of the broker (a worker was taking it between the two structures).
 
 A Redis ``SET NX`` guard keeps two reconcilers from enqueueing the same job in the same
 visibility window; a duplicate delivery would be harmless anyway, since
-``JobStore.finish`` keeps the first outcome.
+``JobStore.finish`` keeps the first outcome. A pending record that cannot be read is
+quarantined by ``JobStore`` (logged and counted) and the sweep goes on.
 
 Run on demand with ``inspectq reconcile``; Celery beat also runs it every
 ``reconcile_interval_s`` (see ``workers.app``).
@@ -30,7 +31,6 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import redis
 from celery import Celery
@@ -48,37 +48,47 @@ class ReconcileReport:
     requeued: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)  # finished; marker swept
     live: int = 0  # a message for them is (or may still be) in the broker
+    unreadable: int = 0  # no readable record (quarantined)
 
     def counts(self) -> dict[str, int]:
-        return {"requeued": len(self.requeued), "closed": len(self.closed), "live": self.live}
+        return {"requeued": len(self.requeued), "closed": len(self.closed), "live": self.live,
+                "unreadable": self.unreadable}
 
 
-def _is_stale(record: JobRecord, now: datetime, stale_after_s: float) -> bool:
+#: A record this recent may belong to an ingest that has not enqueued yet: leave it.
+ENQUEUE_GRACE_S = 10.0
+
+
+def _changed_recently(record: JobRecord, now: datetime) -> bool:
     updated = datetime.fromisoformat(record.updated_at.replace("Z", "+00:00"))
-    return (now - updated).total_seconds() > stale_after_s
+    return (now - updated).total_seconds() < ENQUEUE_GRACE_S
+
+
+def _job_id_of(raw: bytes, unacked: bool) -> str | None:
+    """The job id an inspection message carries; None for anything else (another task, a
+    message put there by hand that is not Celery's JSON)."""
+    try:
+        envelope = json.loads(raw)
+        if unacked:
+            envelope = envelope[0]  # kombu keeps [message, exchange, routing key]
+        if envelope["headers"]["task"] != INSPECT_TASK:
+            return None
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+    except (ValueError, LookupError, TypeError):
+        return None
+    return args[0] if args and isinstance(args[0], str) else None
 
 
 def job_ids_in_broker(client: redis.Redis) -> set[str]:
     """Job ids of every inspection message in the broker: queued (the ``inspectq`` list)
     or delivered and not yet acked, including retries waiting for their countdown (kombu's
     ``unacked`` hash)."""
-    envelopes: list[dict[str, Any]] = [
-        json.loads(raw) for raw in client.lrange(keyspace.QUEUE, 0, -1)]
-    envelopes += [json.loads(raw)[0] for raw in client.hvals(keyspace.UNACKED)]
-    found: set[str] = set()
-    for envelope in envelopes:
-        if envelope.get("headers", {}).get("task") != INSPECT_TASK:
-            continue
-        body = envelope.get("body", "")
-        if envelope.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        try:
-            args = json.loads(body)[0]
-        except (ValueError, IndexError, TypeError):
-            continue
-        if args and isinstance(args[0], str):
-            found.add(args[0])
-    return found
+    ids = [_job_id_of(raw, unacked=False) for raw in client.lrange(keyspace.QUEUE, 0, -1)]
+    ids += [_job_id_of(raw, unacked=True) for raw in client.hvals(keyspace.UNACKED)]
+    return {job_id for job_id in ids if job_id is not None}
 
 
 def reconcile(backends: Backends, queue: Celery) -> ReconcileReport:
@@ -86,35 +96,33 @@ def reconcile(backends: Backends, queue: Celery) -> ReconcileReport:
     report = ReconcileReport()
     jobs, settings = backends.jobs, backends.settings
     now = datetime.now(UTC)
-    stale_after_s = settings.visibility_timeout_s + settings.retry_backoff_max_s
-    in_broker: set[str] | None = None  # read once, and only if some job looks stale
     pending = jobs.pending_job_ids()
     cached = jobs.cached(pending)
+    in_broker = job_ids_in_broker(backends.redis)
+    missing: list[str] = []
     for job_id in pending:
         record = cached.get(job_id) or jobs.get(job_id)  # not cached: S3, back into Redis
         if record is None:
-            log.error("pending marker for %s but no job record in S3", job_id)
-            continue
-        if record.status.terminal:
+            report.unreadable += 1  # quarantined by JobStore, or removed meanwhile
+        elif record.status.terminal:
             report.closed.append(job_id)
+        elif job_id in in_broker or _changed_recently(record, now):
+            report.live += 1
+        else:
+            missing.append(job_id)
+    if missing:
+        in_broker = job_ids_in_broker(backends.redis)  # a worker may have been taking it
+    for job_id in missing:
+        if job_id in in_broker:
+            report.live += 1
             continue
-        if job_id in cached:
-            if not _is_stale(record, now, stale_after_s):
-                report.live += 1
-                continue
-            if in_broker is None:
-                in_broker = job_ids_in_broker(backends.redis)
-            if job_id in in_broker:
-                report.live += 1
-                continue
         guard = keyspace.requeued(job_id)
         if backends.redis.set(guard, 1, nx=True, ex=settings.visibility_timeout_s):
             enqueue_inspection(queue, job_id)
             report.requeued.append(job_id)
     jobs.clear_pending(report.closed)
-    if report.requeued:
+    if report.requeued or report.unreadable:
         log.warning("reconciler: %s", report.counts())
     else:
         log.info("reconciler: %s", report.counts())
     return report
-

@@ -97,6 +97,8 @@ def add_batch_routes(bp: Blueprint, spec: SpecTree) -> None:
                 raise _partial(accepted, what) from error
         response = jsonify({"jobs": [accepted_body(svc.settings, item) for item in accepted]})
         response.status_code = 202
+        if all(item.replayed for item in accepted):
+            response.headers["Idempotent-Replayed"] = "true"
         return response
 
     @bp.before_request

@@ -34,13 +34,14 @@ def idempotency_key() -> str | None:
 
 
 def status_url(settings: Settings, job_id: str) -> str:
-    base = settings.public_url.rstrip("/") or request.host_url.rstrip("/")
-    return f"{base}/v1/jobs/{job_id}"
+    """The job's URL under the configured public base (never the request's Host header)."""
+    return f"{settings.public_url.rstrip('/')}/v1/jobs/{job_id}"
 
 
 def accepted_body(settings: Settings, accepted: Accepted) -> dict[str, Any]:
     url = status_url(settings, accepted.job_id)
-    return JobAccepted(id=accepted.job_id, status_url=url).model_dump()
+    return JobAccepted(id=accepted.job_id, status=accepted.status,
+                       status_url=url).model_dump(mode="json")
 
 
 def accepted_response(settings: Settings, accepted: Accepted) -> Response:

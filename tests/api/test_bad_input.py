@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import redis
+from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.api.conftest import AUTH, image_bytes, queued_job_ids, submit
+from tests.api.conftest import AUTH, image_bytes, queued_job_ids, services_of, submit
 
 
 def altered_pixel_data(png: bytes) -> bytes:
@@ -148,6 +149,30 @@ def test_bad_options_are_400_naming_the_field(
     assert named in response.json["error"]["message"]
     query = "?" + "&".join(f"{k}={v}" for k, v in fields.items())
     expect_error(raw(client, image_bytes(), query=query), 400, code)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "limit"),
+    [
+        ('{"a": ' + "[" * 300 + "]" * 300 + "}", "the limit is 5"),  # 519 bytes, parses
+        ('{"a": ' + "[" * 200 + "]" * 200 + "}", "the limit is 5"),
+        ('{"a": ' + "[" * 1000 + "]" * 1000 + "}", "deeper than 5 levels"),  # RecursionError
+        ('{"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}', "the limit is 5"),
+        ("{" + ",".join(f'"k{i}": 1' for i in range(65)) + "}", "the limit is 64"),
+        ('{"a": "' + "x" * 17000 + '"}', "16384"),
+    ],
+    ids=["depth-300", "depth-200", "depth-1000", "depth-6", "keys-65", "size-17k"],
+)
+def test_metadata_over_a_limit_is_400_naming_it_and_stores_nothing(
+    client: FlaskClient, app: Flask, metadata: str, limit: str
+) -> None:
+    store = services_of(app).store
+    before = set(store.list_keys("pending/")), set(store.list_keys("jobs/"))
+    response = submit(client, image_bytes(), metadata=metadata)
+    expect_error(response, 400, "invalid_request")
+    assert "metadata" in response.json["error"]["message"]
+    assert limit in response.json["error"]["message"]
+    assert (set(store.list_keys("pending/")), set(store.list_keys("jobs/"))) == before
 
 
 def test_bad_idempotency_key(client: FlaskClient) -> None:

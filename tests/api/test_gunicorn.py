@@ -4,6 +4,7 @@ the limit is refused, and SIGTERM lets an in-flight long-poll finish before exit
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -93,3 +94,20 @@ def test_sigterm_drains_an_in_flight_long_poll(
     poll.join(timeout=20)
     assert results and results[0][0] == 200 and b'"status":"queued"' in results[0][1]
     assert proc.wait(timeout=20) == 0
+
+
+def test_gunicorn_refusals_are_json_and_secrets_never_reach_the_access_log(
+    gunicorn: tuple[subprocess.Popen, int], tmp_path: Path,
+) -> None:
+    _, port = gunicorn
+    status, body = request(port, "GET", "/v1/jobs/" + "a" * 9000)
+    assert status == 414 and json.loads(body)["error"]["code"] == "uri_too_long"
+    status, body = request(port, "GET", "/healthz", headers={"X-Big": "b" * 9000})
+    assert status == 431
+    assert json.loads(body)["error"]["code"] == "request_headers_too_large"
+    secret = "iq_query-string-secret-0123456789"
+    status, _ = request(port, "GET", f"/v1/jobs/j_AAAAAAAAAAAAAAAAAAAAAA?api_key={secret}")
+    assert status == 404
+    wait_until(lambda: "/v1/jobs/j_AAAAAAAAAAAAAAAAAAAAAA" in
+               (tmp_path / "gunicorn.log").read_text(), 5, "the access log line")
+    assert secret not in (tmp_path / "gunicorn.log").read_text()

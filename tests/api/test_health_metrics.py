@@ -52,3 +52,14 @@ def test_metrics_count_requests_jobs_and_rejections(
     assert 'inspectq_api_rejections_total{reason="job_not_found",status="404"} 1.0' in text
     assert 'inspectq_api_request_seconds_count{method="POST",route="/v1/jobs"} 2.0' in text
     assert "inspectq_api_ingest_seconds_count 1.0" in text
+
+
+def test_metrics_export_the_quarantine_count_of_all_processes(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    response = client.get("/metrics")
+    assert response.headers["Content-Type"].count("charset") == 1
+    assert "inspectq_quarantined_records_total 0.0" in response.get_data(as_text=True)
+    redis_client.incr("inspectq:quarantined", 3)  # as workers or the reconciler would
+    assert "inspectq_quarantined_records_total 3.0" in client.get("/metrics").get_data(
+        as_text=True)

@@ -6,7 +6,9 @@ import io
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
@@ -27,7 +29,7 @@ def test_multipart_upload_is_stored_recorded_and_enqueued(
     body = response.json
     job_id = body["id"]
     assert body["status"] == "queued"
-    assert body["status_url"] == f"http://localhost/v1/jobs/{job_id}"
+    assert body["status_url"] == f"http://127.0.0.1:8080/v1/jobs/{job_id}"  # public_url
     assert response.headers["Location"] == body["status_url"]
 
     svc = services_of(app)
@@ -66,10 +68,25 @@ def test_raw_body_upload_with_query_options(
     assert queued_job_ids(redis_client) == [job_id]
 
 
-def test_status_url_uses_public_url(make_app, redis_client: redis.Redis) -> None:
+def test_nested_metadata_within_the_limits_is_kept(client: FlaskClient, redis_client) -> None:
+    metadata = {"lot": {"id": [1, 2], "shift": {"name": "B", "crew": [{"n": 1}]}}}  # 5 deep
+    response = submit(client, image_bytes(), metadata=json.dumps(metadata))
+    assert response.status_code == 202, response.json
+    job = client.get(f"/v1/jobs/{response.json['id']}", headers=AUTH).json
+    assert job["metadata"] == metadata
+
+
+def test_status_url_uses_public_url_never_the_host_header(
+    make_app, redis_client: redis.Redis
+) -> None:
     client = make_app(public_url="https://inspect.example/").test_client()
-    response = submit(client, image_bytes())
+    response = submit(client, image_bytes(), headers={"Host": "evil.example",
+                                                      "X-Forwarded-Host": "evil.example"})
     assert response.json["status_url"] == f"https://inspect.example/v1/jobs/{response.json['id']}"
+    assert response.headers["Location"] == response.json["status_url"]
+    batch = client.post("/v1/batches", data={"images": [(io.BytesIO(image_bytes()), "a.png")]},
+                        headers={**AUTH, "Host": "evil.example"})
+    assert batch.json["jobs"][0]["status_url"].startswith("https://inspect.example/v1/jobs/")
 
 
 def test_idempotency_key_returns_the_same_job(
@@ -86,6 +103,58 @@ def test_idempotency_key_returns_the_same_job(
     other = submit(client, image_bytes(size=(5, 5)), headers={"Idempotency-Key": "upload-42"})
     assert other.status_code == 422
     assert other.json["error"]["code"] == "idempotency_key_reused"
+
+
+@pytest.mark.parametrize("change", [
+    {"line": "line-9"}, {"camera": "cam-2"}, {"pass_threshold": "0.2"},
+    {"reject_threshold": "0.9"}, {"metadata": '{"lot": 2}'},
+])
+def test_same_key_with_other_parameters_is_refused(
+    client: FlaskClient, redis_client: redis.Redis, change: dict[str, str]
+) -> None:
+    data = image_bytes()
+    first = submit(client, data, metadata='{"lot": 1}', headers={"Idempotency-Key": "p"})
+    assert first.status_code == 202
+    same = submit(client, data, metadata='{ "lot" : 1 }', headers={"Idempotency-Key": "p"})
+    assert same.status_code == 202 and same.json["id"] == first.json["id"]  # same JSON value
+    fields = {"metadata": '{"lot": 1}', **change}
+    other = submit(client, data, headers={"Idempotency-Key": "p"}, **fields)
+    assert other.status_code == 422, other.json
+    assert other.json["error"]["code"] == "idempotency_key_reused"
+
+
+def test_a_replay_answers_the_jobs_current_status(
+    app: Flask, client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    from inspectq.jobs import JobError
+
+    data = image_bytes()
+    first = submit(client, data, headers={"Idempotency-Key": "done-1"})
+    services_of(app).jobs.finish(first.json["id"], error=JobError(code="x", message="y"))
+    again = submit(client, data, headers={"Idempotency-Key": "done-1"})
+    assert again.json["id"] == first.json["id"] and again.json["status"] == "failed"
+
+
+def test_batch_replays_whole_and_partial(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    images = [image_bytes("PNG", (10 + i, 10)) for i in range(3)]
+
+    def batch(count: int) -> Any:
+        return client.post(
+            "/v1/batches",
+            data={"images": [(io.BytesIO(d), f"{i}.png") for i, d in enumerate(images[:count])]},
+            headers={**AUTH, "Idempotency-Key": "b-1"})
+
+    partial = batch(1)  # as if the first request got one image in before an outage
+    assert partial.status_code == 202 and "Idempotent-Replayed" not in partial.headers
+    whole = batch(3)
+    assert whole.status_code == 202, whole.json
+    ids = [job["id"] for job in whole.json["jobs"]]
+    assert len(ids) == len(set(ids)) == 3 and ids[0] == partial.json["jobs"][0]["id"]
+    again = batch(3)
+    assert [job["id"] for job in again.json["jobs"]] == ids
+    assert again.headers["Idempotent-Replayed"] == "true"
 
 
 def test_concurrent_uploads_with_one_key_make_one_job(

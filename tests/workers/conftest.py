@@ -102,6 +102,19 @@ def submit(services: Services, data: bytes, *, line: str = "line-1",
     return job_id
 
 
+def accepted_seconds_ago(services: Services, job_id: str, seconds: float) -> None:
+    """Make the durable record look accepted ``seconds`` ago (and drop the cached copy):
+    a job older than the reconciler's enqueue grace."""
+    from datetime import UTC, datetime, timedelta
+
+    from inspectq import keyspace
+
+    then = (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+    aged = services.jobs.get(job_id).model_copy(update={"created_at": then, "updated_at": then})
+    services.store.put(keyspace.pending(job_id), aged.to_json().encode())
+    services.redis.delete(keyspace.job_cache(job_id))
+
+
 def wait_for(check: Callable[[], object], timeout_s: float, what: str) -> object:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

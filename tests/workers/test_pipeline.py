@@ -18,6 +18,7 @@ from inspectq.keyspace import QUEUE, keys_for
 from inspectq.queue import enqueue_inspection
 from tests.workers.conftest import (
     CLOSED_PORT_URL,
+    accepted_seconds_ago,
     png,
     strip_with_scratch,
     submit,
@@ -218,6 +219,7 @@ def test_ops_commands_list_replay_and_reconcile(
     [entry] = run("deadletter", "list")
     assert entry["id"] == job_id and entry["deliveries"] == 4
     assert run("deadletter", "replay", "--all") == [{"id": job_id, "replayed": True}]
+    accepted_seconds_ago(services, job_id, 60)  # past the reconciler's enqueue grace
     redis_client.flushdb()  # the replayed message and the cache are lost...
     [report] = run("reconcile")
     assert report["requeued_ids"] == [job_id]  # ...and the reconciler puts the job back
@@ -245,6 +247,45 @@ def test_reconciler_requeues_stale_jobs_whose_message_is_gone(
 
     assert job_ids_in_broker(redis_client) == {lost, waiting}
     assert fresh not in report.requeued
+
+
+def test_a_polled_job_whose_message_was_flushed_is_requeued_at_once(
+    services: Services, redis_client: redis.Redis
+) -> None:
+    """After a Redis flush a polling client puts the record back as `queued`; that must not
+    make the lost job look alive: the broker's own state decides."""
+    from workers.reconcile import reconcile
+
+    app = create_app(services.settings)
+    polled, unwatched = (submit(services, png(strip_with_scratch(seed=s))) for s in (44, 45))
+    for job_id in (polled, unwatched):
+        accepted_seconds_ago(services, job_id, 60)  # well inside the old 660 s window
+        enqueue_inspection(app, job_id)
+    redis_client.flushdb()  # the queue and the cache are gone
+    assert services.jobs.get(polled).status is Status.QUEUED  # a client polls: cached again
+    report = reconcile(services, app)
+    assert sorted(report.requeued) == sorted([polled, unwatched])
+    assert reconcile(services, app).requeued == []  # in the queue now, and guarded
+
+
+def test_an_unreadable_pending_record_is_quarantined_and_the_sweep_goes_on(
+    services: Services, redis_client: redis.Redis
+) -> None:
+    from workers.reconcile import reconcile
+
+    app = create_app(services.settings)
+    lost = submit(services, png(strip_with_scratch(seed=46)))
+    accepted_seconds_ago(services, lost, 60)
+    poisoned = submit(services, png(strip_with_scratch(seed=47)))
+    bad = b'{"id": "' + poisoned.encode() + b'", "metadata": {"a": ' + b"[" * 300 + b"]" * 300
+    services.store.put(keyspace.pending(poisoned), bad + b"}}")
+    redis_client.flushdb()
+    report = reconcile(services, app)
+    assert report.requeued == [lost] and report.unreadable == 1
+    assert services.store.get(keyspace.quarantined(keyspace.pending(poisoned))) is not None
+    assert poisoned not in services.jobs.pending_job_ids()
+    assert int(redis_client.get(keyspace.QUARANTINED_COUNT)) == 1
+    assert reconcile(services, app).unreadable == 0  # moved aside: not met again
 
 
 def test_hard_time_limit_records_timeout_but_outages_wait_for_redelivery(

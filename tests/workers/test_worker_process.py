@@ -20,6 +20,7 @@ from inspectq.queue import INSPECT_TASK, enqueue_inspection
 from tests.workers.conftest import (
     CLOSED_PORT_URL,
     WorkerProcess,
+    accepted_seconds_ago,
     job_status,
     png,
     slow_image,
@@ -143,6 +144,7 @@ def test_redis_flush_is_reconciled_and_the_worker_finishes_the_job(
 ) -> None:
     app = create_app(settings)
     job_id = submit(services, png(strip_with_scratch(seed=23)))
+    accepted_seconds_ago(services, job_id, 60)  # past the reconciler's enqueue grace
     enqueue_inspection(app, job_id)
     redis_client.flushdb()  # the queue and the job record are gone; S3 still knows it
     assert services.jobs.cached([job_id]) == {}
