@@ -5,7 +5,7 @@ MODEL_VENV := .venv-model
 PY := $(VENV)/bin/python
 MODEL_PY := $(MODEL_VENV)/bin/python
 
-.PHONY: venv demo up down status test test-fast lint bench chaos train clean
+.PHONY: venv demo up down status test test-fast lint bench chaos large train clean
 
 ## venv: the service env (api, worker, dev tools; no torch) and the model env (torch, Triton)
 venv: $(VENV)/.installed $(MODEL_VENV)/.installed
@@ -50,6 +50,10 @@ bench: venv
 ## chaos: thousands of images while killing workers, restarting Triton and flushing Redis
 chaos: venv
 	$(PY) -m devstack chaos
+
+## large: 12 MP and 40 MP images, alone and several at once (time to result, all done)
+large: venv
+	$(PY) -m devstack large
 
 ## train: retrain the shipped model from its seed into var/retrain/1 (~10 min on 2 cores);
 ## install it with `$(MODEL_PY) -m triton_models.byom install var/retrain/1/model.pt`

@@ -4,7 +4,9 @@ Pillow does the decoding, for two reasons OpenCV cannot match: ``Image.open`` re
 header, so the pixel count of a decompression bomb is known (and refused) before a single
 pixel is decoded; and ``verify()`` (plus, for formats other than PNG, a full ``load()``)
 raises on truncated or corrupt data instead of returning a half-grey image. Workers decode
-again with OpenCV; this is the gate only.
+again with OpenCV; this is the gate only, and it refuses what they cannot decode: samples
+other than 8 or 16-bit unsigned integers (float, signed or 32-bit TIFFs), which would
+otherwise be accepted with 202 and then fail as ``undecodable_image``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 
 from api.errors import ApiError
 
@@ -25,6 +27,12 @@ ACCEPTED_FORMATS = {
     "BMP": "image/bmp",
     "TIFF": "image/tiff",
 }
+
+#: Pillow's modes for 16-bit unsigned grey samples; every other ``I`` mode (32-bit or signed
+#: integers) and ``F`` (floating point) cannot be decoded by the workers.
+UNSIGNED_16_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+#: TIFF tags: SampleFormat (1 unsigned integer, 2 signed, 3 floating point) and BitsPerSample.
+_TIFF_SAMPLE_FORMAT, _TIFF_BITS_PER_SAMPLE = 339, 258
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,14 @@ def validate_image(data: bytes, max_pixels: int) -> AcceptedImage:
                 "unsupported_image_type",
                 f"{image.format} images are not accepted; send JPEG, PNG, BMP or TIFF.",
             )
+        pixel_type = _unsupported_pixel_type(image)
+        if pixel_type is not None:
+            raise ApiError(
+                415,
+                "unsupported_pixel_type",
+                f"{pixel_type} cannot be inspected; send 8 or 16-bit unsigned integer samples"
+                " (grey, RGB or RGBA).",
+            )
         width, height = image.size
         if width <= 0 or height <= 0:
             raise ApiError(400, "empty_image", f"The image has no pixels ({width}x{height}).")
@@ -89,6 +105,34 @@ def validate_image(data: bytes, max_pixels: int) -> AcceptedImage:
         height=height,
         sha256=hashlib.sha256(data).hexdigest(),
     )
+
+
+def _unsupported_pixel_type(image: Image.Image) -> str | None:
+    """What the workers could not decode about these samples, or None when they can.
+
+    The mode says it for most files; a TIFF can also declare signed 8-bit samples, which
+    Pillow opens as an ordinary ``L`` image, so its SampleFormat tag is read as well."""
+    mode = image.mode
+    if mode == "F":
+        return "An image of floating-point samples (Pillow mode F)"
+    if mode.startswith("I") and mode not in UNSIGNED_16_BIT_MODES:
+        return f"An image of 32-bit or signed integer samples (Pillow mode {mode})"
+    if isinstance(image, TiffImagePlugin.TiffImageFile):
+        sample_formats = _tiff_tag(image, _TIFF_SAMPLE_FORMAT, 1)
+        if any(value != 1 for value in sample_formats):
+            kind = "floating-point" if 3 in sample_formats else "signed integer"
+            return (f"A TIFF of {kind} samples (SampleFormat {sample_formats[0]},"
+                    f" Pillow mode {mode})")
+        bits = max(_tiff_tag(image, _TIFF_BITS_PER_SAMPLE, 8))
+        if bits > 16:
+            return f"A TIFF of {bits}-bit samples (Pillow mode {mode})"
+    return None
+
+
+def _tiff_tag(image: TiffImagePlugin.TiffImageFile, tag: int, default: int) -> tuple[int, ...]:
+    """A TIFF tag's numbers (one, or one per sample); ``default`` when the tag is absent."""
+    value = image.tag_v2.get(tag, default)
+    return tuple(int(v) for v in value) if isinstance(value, tuple) else (int(value),)
 
 
 def _corrupt() -> ApiError:

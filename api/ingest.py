@@ -27,7 +27,7 @@ from api.schemas import JobOptions
 from api.services import Services
 from inspectq.jobs import ImageRef, JobError, JobRecord, Status, new_job_id, utc_now
 from inspectq.keyspace import keys_for
-from inspectq.queue import enqueue_inspection, pending_count
+from inspectq.queue import enqueue_inspection, pending_count, time_limits
 from inspectq.result import Thresholds
 
 log = logging.getLogger(__name__)
@@ -110,13 +110,15 @@ def accept(
             sha256=image.sha256,
             bytes=len(image.data),
             content_type=image.content_type,
+            width=image.width,
+            height=image.height,
         ),
         # Up to the record write; recording and enqueueing add a few ms (in the metric).
         ingest_ms=round((time.perf_counter() - started) * 1000, 3),
     )
     try:
         svc.jobs.create(record)
-        enqueue_inspection(svc.celery, job_id)
+        enqueue_inspection(svc.celery, job_id, time_limits(svc.settings, record.image))
     except Exception:
         _abandon(svc, job_id, tenant, idempotency_key)
         raise

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import redis
 
-from devstack import bench, chaos, procs, samples
+from devstack import bench, chaos, large, procs, samples
 from devstack.client import InspectqClient
 from devstack.stack import ORDER, REPO, StackConfig, down, isolated_config, up
 from inspectq.config import Settings
@@ -124,11 +124,30 @@ def chaos_command(images: int, clients: int, deadline: float) -> None:
     redis.Redis.from_url(config.settings.redis_url).flushdb()
     up(config)
     try:
-        text = chaos.run(config, images, clients, deadline)
+        text, held = chaos.run(config, images, clients, deadline)
     finally:
         down(config)
     click.echo(text)
     (config.var_dir / "chaos.txt").write_text(text + "\n")
+    if not held:
+        raise SystemExit(1)
+
+
+@cli.command("large")
+@click.option("--deadline", default=1200.0, show_default=True,
+              help="Seconds a job may take to its result before it counts as not done.")
+def large_command(deadline: float) -> None:
+    """12 MP and 40 MP camera JPEGs, alone and several at once, on a separate stack (its own
+    Redis DB 9, ports and var/large) with the default time limits."""
+    config = isolated_config(REPO / "var" / "large", 9, s3_bucket="large")
+    redis.Redis.from_url(config.settings.redis_url).flushdb()
+    up(config)
+    try:
+        text = large.run(config, deadline)
+    finally:
+        down(config)
+    click.echo(text)
+    (config.var_dir / "large.txt").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from devstack import procs
 from devstack.bench import bench_images
 from devstack.client import ApiError, InspectqClient
 from devstack.stack import REPO, StackConfig, services, settings_env, venv_bin
+from inspectq import keyspace
+from inspectq.storage import ObjectStore
 
 
 @dataclass
@@ -39,6 +41,8 @@ class Ledger:
     rejected_uploads: dict[str, int] = field(default_factory=dict)
     results: dict[str, list[str]] = field(default_factory=dict)
     latency_s: dict[str, float] = field(default_factory=dict)
+    #: Jobs clients kept polling across the Redis flush: seconds from the flush to their end.
+    polled_after_flush_s: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def accept(self, job_id: str) -> None:
@@ -120,9 +124,49 @@ def faults(config: StackConfig, progress: Ledger, total: int, stop: threading.Ev
         procs.start(table["triton"], config.dirs)
         _log("Triton restarted")
     if when_accepted(0.65):
+        poisoned = "j_" + secrets.token_urlsafe(16)
+        ObjectStore(config.settings).put(keyspace.pending(poisoned),
+                                         b'{"metadata": {"a": ' + b"[" * 300 + b"]" * 300)
+        _log(f"unreadable record written at pending/{poisoned} (300 levels deep, truncated)")
+        watched = [job_id for job_id in list(progress.accepted)[-400:]
+                   if job_id not in progress.results][:POLLING_CLIENTS * 8]
         redis.Redis.from_url(config.settings.redis_url).flushdb()
-        _log("Redis FLUSHDB: queue, job cache and counters gone")
+        flushed_at = time.monotonic()
+        _log(f"Redis FLUSHDB: queue, job cache and counters gone; {POLLING_CLIENTS} clients "
+             f"keep polling {len(watched)} unfinished jobs")
+        pollers = threading.Thread(target=_poll, args=(config, progress, watched, flushed_at))
+        pollers.start()
         _log(f"reconciler (on demand): {_reconcile(config)}")
+        pollers.join()
+
+
+#: Clients that keep polling unfinished jobs across the Redis flush (each GET puts the job's
+#: record back into Redis as `queued`: that must not make a lost job look alive).
+POLLING_CLIENTS = 8
+
+
+def _poll(config: StackConfig, ledger: Ledger, job_ids: list[str], flushed_at: float) -> None:
+    """Poll each job about once a second until it ends; note how long after the flush."""
+    key = config.settings.api_key.get_secret_value()
+
+    def watch(ids: list[str]) -> None:
+        client = InspectqClient(config.api_url, key)
+        waiting = list(ids)
+        deadline = flushed_at + 600
+        while waiting and time.monotonic() < deadline:
+            for job_id in list(waiting):
+                try:
+                    status = client.job(job_id)["status"]
+                except (ApiError, requests.ConnectionError):
+                    continue
+                if status in ("done", "failed"):
+                    waiting.remove(job_id)
+                    with ledger.lock:
+                        ledger.polled_after_flush_s[job_id] = time.monotonic() - flushed_at
+            time.sleep(1.0)
+
+    with ThreadPoolExecutor(max_workers=POLLING_CLIENTS) as pool:
+        list(pool.map(watch, [job_ids[i::POLLING_CLIENTS] for i in range(POLLING_CLIENTS)]))
 
 
 def _code(error: Exception) -> str:
@@ -133,9 +177,11 @@ def _code(error: Exception) -> str:
     return type(error).__name__
 
 
-def run(config: StackConfig, images: int, clients: int, deadline_s: float) -> str:
+def run(config: StackConfig, images: int, clients: int, deadline_s: float
+        ) -> tuple[str, bool]:
     """Upload ``images`` from ``clients`` threads while the faults fire; then long-poll every
-    accepted job to its end (or ``deadline_s``) and read each once more."""
+    accepted job to its end (or ``deadline_s``) and read each once more. Returns the report
+    and whether the promise held: nothing lost, stuck or duplicated."""
     pictures = bench_images(images)
     bodies = [p.png() for p in pictures]
     key = config.settings.api_key.get_secret_value()
@@ -203,7 +249,8 @@ def run(config: StackConfig, images: int, clients: int, deadline_s: float) -> st
     return summary(ledger, lost, len(bodies), time.monotonic() - started)
 
 
-def summary(ledger: Ledger, lost: set[str], submitted: int, seconds: float) -> str:
+def summary(ledger: Ledger, lost: set[str], submitted: int, seconds: float
+            ) -> tuple[str, bool]:
     done = failed = 0
     reasons: dict[str, int] = {}
     for seen in ledger.results.values():
@@ -233,4 +280,11 @@ def summary(ledger: Ledger, lost: set[str], submitted: int, seconds: float) -> s
         f"  time to result (s)  p50 {pct(0.50):.1f}  p95 {pct(0.95):.1f}  p99 {pct(0.99):.1f}"
         f"  (mean {statistics.fmean(latencies) if latencies else 0:.1f})",
     ]
-    return "\n".join(lines)
+    if ledger.polled_after_flush_s:
+        after = sorted(ledger.polled_after_flush_s.values())
+        lines.append(f"  polled across the Redis flush: {len(after)} jobs, ended "
+                     f"{after[len(after) // 2]:.0f} s (p50) / {after[-1]:.0f} s (last) after it")
+    held = not lost and submitted == len(ledger.accepted) and duplicated == 0
+    lines.append("  promise held: nothing lost, stuck or duplicated" if held else
+                 "  PROMISE BROKEN: jobs lost, stuck or duplicated (see above)")
+    return "\n".join(lines), held

@@ -85,8 +85,16 @@ class Settings(BaseSettings):
     )
     max_retries: int = Field(default=8, ge=0, description="Retries on Triton/S3 outages.")
     retry_backoff_max_s: int = Field(default=60, ge=1)
-    task_soft_time_limit_s: int = Field(default=120, ge=1)
+    task_soft_time_limit_s: int = Field(
+        default=120, ge=1, description="Time limit of a job of one tile (a small image)."
+    )
     task_time_limit_s: int = Field(default=150, ge=1)
+    task_time_per_tile_s: float = Field(
+        default=0.5, ge=0,
+        description="Added to a job's time limits per model tile its image makes (a 12 MP "
+        "image is ~680 tiles), so big images get time in proportion to their work; capped "
+        "below visibility_timeout_s.",
+    )
     visibility_timeout_s: int = Field(
         default=600, ge=1, description="Redis redelivery delay; must exceed the worst job."
     )

@@ -83,6 +83,8 @@ class ImageRef(BaseModel):
     sha256: str
     bytes: int
     content_type: str
+    width: int | None = Field(default=None, description="Pixels, as read at ingest.")
+    height: int | None = None
 
 
 class RetryState(BaseModel):

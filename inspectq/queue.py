@@ -6,10 +6,14 @@ content type, so a pickled message put on the queue by hand is refused, never ex
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import redis
 from celery import Celery
 
 from inspectq.config import Settings
+from inspectq.jobs import ImageRef
 from inspectq.keyspace import QUEUE, UNACKED
 
 INSPECT_TASK = "inspectq.inspect"
@@ -48,10 +52,55 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def enqueue_inspection(app: Celery, job_id: str) -> None:
+@dataclass(frozen=True)
+class TimeLimits:
+    """A job's own soft and hard time limits (Celery ``soft_time_limit``/``time_limit``).
+    They count from the moment a worker starts the job, never the time it waited queued."""
+
+    soft_s: float
+    hard_s: float
+
+    def doubled(self, cap_s: float) -> TimeLimits:
+        """Twice the time (for a retry after a timeout), with the hard limit at most
+        ``cap_s`` and the gap between the two kept."""
+        gap = self.hard_s - self.soft_s
+        hard = min(cap_s, self.hard_s + self.soft_s)
+        return TimeLimits(soft_s=max(1.0, hard - gap), hard_s=hard)
+
+
+def tiles_along(length: int, tile: int, stride: int) -> int:
+    """Model tiles along one side: the workers' tiling (``workers.preprocess``) puts one
+    every ``stride`` and a last one flush with the end; a side up to one tile makes one."""
+    return 1 if length <= tile else math.ceil((length - tile) / stride) + 1
+
+
+def time_limits(settings: Settings, image: ImageRef) -> TimeLimits:
+    """Limits that follow the work: the settings' limits for one tile, plus
+    ``task_time_per_tile_s`` for every further tile, the hard limit kept below the
+    visibility timeout (or a job still running would be handed to a second worker)."""
+    soft, hard = settings.task_soft_time_limit_s, settings.task_time_limit_s
+    if image.width is not None and image.height is not None:
+        tiles = (tiles_along(image.width, settings.tile_size, settings.tile_stride)
+                 * tiles_along(image.height, settings.tile_size, settings.tile_stride))
+        extra = (tiles - 1) * settings.task_time_per_tile_s
+        cap = max_hard_limit_s(settings)
+        hard = min(cap, hard + extra)
+        soft = max(1.0, min(soft + extra, hard - (settings.task_time_limit_s - soft)))
+    return TimeLimits(soft_s=round(soft, 1), hard_s=round(hard, 1))
+
+
+def max_hard_limit_s(settings: Settings) -> float:
+    """The longest a job may run: a margin below the visibility timeout."""
+    return max(float(settings.task_time_limit_s), settings.visibility_timeout_s - 30.0)
+
+
+def enqueue_inspection(app: Celery, job_id: str, limits: TimeLimits | None = None) -> None:
     """Put one job on the queue by name, so nothing that sends imports worker code. The
-    message carries the job id and nothing else."""
-    app.send_task(INSPECT_TASK, args=[job_id], queue=QUEUE)
+    message carries the job id and nothing else; ``limits`` (from :func:`time_limits`)
+    travel in its headers, the app's defaults apply without them."""
+    options = {} if limits is None else {"soft_time_limit": limits.soft_s,
+                                         "time_limit": limits.hard_s}
+    app.send_task(INSPECT_TASK, args=[job_id], queue=QUEUE, **options)
 
 
 def pending_count(redis_client: redis.Redis) -> int:

@@ -23,7 +23,7 @@ from kombu.exceptions import OperationalError
 
 from inspectq.config import Settings
 from inspectq.jobs import JobError, is_job_id
-from inspectq.queue import INSPECT_TASK, RECONCILE_TASK, make_celery
+from inspectq.queue import INSPECT_TASK, RECONCILE_TASK, TimeLimits, make_celery
 from inspectq.storage import StorageUnavailable
 from workers.reconcile import reconcile
 from workers.services import Services, build_services
@@ -108,10 +108,15 @@ def create_app(settings: Settings) -> Celery:
     @app.task(name=INSPECT_TASK, bind=True, base=InspectTask, shared=False,
               max_retries=settings.max_retries)
     def inspect(task: Task, job_id: str) -> None:
+        hard, soft = task.request.timelimit or (None, None)  # this message's own limits
+        limits = TimeLimits(soft_s=soft or settings.task_soft_time_limit_s,
+                            hard_s=hard or settings.task_time_limit_s)
         try:
-            inspect_job(services.get(), job_id, retries=task.request.retries)
+            inspect_job(services.get(), job_id, retries=task.request.retries, limits=limits)
         except RetryLater as later:
-            raise task.retry(countdown=later.countdown_s) from later
+            more_time = {} if later.limits is None else {
+                "soft_time_limit": later.limits.soft_s, "time_limit": later.limits.hard_s}
+            raise task.retry(countdown=later.countdown_s, **more_time) from later
 
     @app.task(name=RECONCILE_TASK, shared=False)
     def reconcile_task() -> dict[str, int]:

@@ -16,12 +16,14 @@ answer once its mask is stored (:func:`remember_answer`).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from inspectq import keyspace
 from inspectq.jobs import JobRecord
-from inspectq.result import Region
+from inspectq.result import ImageQuality, Region
 from inspectq.storage import ObjectStore
 from workers.render import write_mask
 
@@ -29,12 +31,20 @@ from workers.render import write_mask
 class ModelAnswer(BaseModel):
     """What inference concluded about one image, independent of any job's thresholds."""
 
+    #: Bump when decoding or the quality checks change what an answer means; it is one of
+    #: the ``params``, so answers cached before (e.g. sideways, or without a quality) are
+    #: never reused.
+    FORMAT: ClassVar[int] = 2
+
     score: float
     regions: list[Region]
     width: int
     height: int
+    # The image-quality checks of the decoded frame, so a cache hit reports them too. The
+    # default only lets answers cached before the checks parse (their params lack "format").
+    quality: ImageQuality = Field(default_factory=ImageQuality)
     source_job: str  # the job whose S3 objects hold mask.png
-    params: dict[str, int]  # tiling settings the answer was computed with
+    params: dict[str, int]  # tiling settings (and FORMAT) the answer was computed with
 
 
 def cached_answer(

@@ -14,7 +14,7 @@ from celery import Celery
 from inspectq import keyspace
 from inspectq.backends import Backends
 from inspectq.jobs import JobError, JobRecord, utc_now
-from inspectq.queue import enqueue_inspection
+from inspectq.queue import enqueue_inspection, time_limits
 
 
 def dead_letter(backends: Backends, record: JobRecord, deliveries: int) -> JobRecord:
@@ -49,11 +49,14 @@ def replay(backends: Backends, queue: Celery, job_id: str) -> bool:
     False when the job is not dead-lettered or no longer failed.
     """
     key = keyspace.deadletter_entry(job_id)
-    if backends.store.get_json(key) is None or backends.jobs.reopen(job_id) is None:
+    if backends.store.get_json(key) is None:
+        return False
+    reopened = backends.jobs.reopen(job_id)
+    if reopened is None:
         return False
     for counter in backends.redis.scan_iter(keyspace.deliveries_pattern(job_id)):
         backends.redis.delete(counter)
     backends.store.delete(key)
     backends.redis.lrem(keyspace.DEADLETTER_LIST, 0, job_id)
-    enqueue_inspection(queue, job_id)
+    enqueue_inspection(queue, job_id, time_limits(backends.settings, reopened.image))
     return True

@@ -1,7 +1,17 @@
 """Stage 3: decode the image and cut it into model input tiles.
 
 Decoding normalizes every supported file (JPEG, PNG, BMP, TIFF; grayscale, RGB, RGBA, 8 or
-16 bit) to 8-bit RGB, because the model contract takes RGB 0..255.
+16 bit unsigned samples) to 8-bit RGB, because the model contract takes RGB 0..255:
+
+* **Upright.** The file's EXIF orientation (a camera held sideways writes orientation 6 and
+  stores the raster as the sensor read it) is applied, so the model sees the part upright and
+  sizes, boxes and the mask are in upright pixels.
+* **16-bit samples by their real bit depth.** Cameras store 10, 12 or 14-bit data in 16-bit
+  files. Dividing by 65535 would squeeze 12-bit data into 0..15 (a nearly black image the
+  model passes), so the bit depth is taken as the smallest of 9..16 bits whose range holds
+  the image's largest sample (:func:`sample_bits`), and samples are scaled by that range:
+  max 4095 or less means 12-bit data, scaled by 4095. A 16-bit exposure that happens to stay
+  below 4096 is scaled the same way (brightened); 8-bit images are never stretched.
 
 The model only ever sees tiles of exactly ``tile_size`` x ``tile_size`` so that requests of
 all workers batch together in Triton. How an image becomes tiles:
@@ -26,33 +36,40 @@ class UndecodableImage(Exception):
     """The bytes are not an image OpenCV can read, or of an unsupported pixel type."""
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode ``data`` to an ``(H, W, 3)`` uint8 RGB array.
+def sample_bits(max_sample: int) -> int:
+    """The bit depth of 16-bit samples whose largest value is ``max_sample``: the smallest of
+    9..16 bits whose range holds it (511 -> 9, 4095 -> 12, 4096 -> 13, 65535 -> 16).
+    ``api/overlay.py`` applies the same rule (it cannot import the workers)."""
+    return max(9, int(max_sample).bit_length())
 
-    16-bit samples are scaled to 8 bit over their full range (divided by 257); alpha is
-    dropped. Multi-page TIFFs give their first page.
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode ``data`` to an ``(H, W, 3)`` uint8 RGB array, upright.
+
+    16-bit samples are scaled to 8 bit over their real bit depth (see the module docstring);
+    alpha is dropped. Multi-page TIFFs give their first page.
     """
     if not data:
         raise UndecodableImage("the file is empty")
     try:
-        raw = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        # Any flags but IMREAD_UNCHANGED make OpenCV apply the EXIF orientation; ANYDEPTH
+        # keeps 16-bit samples, ANYCOLOR keeps grey as one channel (and drops alpha).
+        raw = cv2.imdecode(np.frombuffer(data, dtype=np.uint8),
+                           cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     except cv2.error as error:
         raise UndecodableImage(f"OpenCV could not decode the file: {error}") from error
     if raw is None or raw.size == 0:
         raise UndecodableImage("the file is not an image in a supported format")
     if raw.dtype == np.uint16:
-        raw = ((raw.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        full = 2 ** sample_bits(int(raw.max())) - 1
+        raw = ((raw.astype(np.uint32) * 255 + full // 2) // full).astype(np.uint8)
     elif raw.dtype != np.uint8:
         raise UndecodableImage(f"unsupported pixel type {raw.dtype}")
     if raw.ndim == 2:
         return cv2.cvtColor(raw, cv2.COLOR_GRAY2RGB)
     channels = raw.shape[2]
-    if channels == 1:
-        return cv2.cvtColor(raw[:, :, 0], cv2.COLOR_GRAY2RGB)
     if channels == 3:
         return cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
-    if channels == 4:
-        return cv2.cvtColor(raw, cv2.COLOR_BGRA2RGB)
     raise UndecodableImage(f"unsupported channel count {channels}")
 
 

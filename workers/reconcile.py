@@ -38,7 +38,7 @@ from celery import Celery
 from inspectq import keyspace
 from inspectq.backends import Backends
 from inspectq.jobs import JobRecord
-from inspectq.queue import INSPECT_TASK, enqueue_inspection
+from inspectq.queue import INSPECT_TASK, enqueue_inspection, time_limits
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def reconcile(backends: Backends, queue: Celery) -> ReconcileReport:
     pending = jobs.pending_job_ids()
     cached = jobs.cached(pending)
     in_broker = job_ids_in_broker(backends.redis)
-    missing: list[str] = []
+    missing: list[JobRecord] = []
     for job_id in pending:
         record = cached.get(job_id) or jobs.get(job_id)  # not cached: S3, back into Redis
         if record is None:
@@ -109,17 +109,17 @@ def reconcile(backends: Backends, queue: Celery) -> ReconcileReport:
         elif job_id in in_broker or _changed_recently(record, now):
             report.live += 1
         else:
-            missing.append(job_id)
+            missing.append(record)
     if missing:
         in_broker = job_ids_in_broker(backends.redis)  # a worker may have been taking it
-    for job_id in missing:
-        if job_id in in_broker:
+    for record in missing:
+        if record.id in in_broker:
             report.live += 1
             continue
-        guard = keyspace.requeued(job_id)
+        guard = keyspace.requeued(record.id)
         if backends.redis.set(guard, 1, nx=True, ex=settings.visibility_timeout_s):
-            enqueue_inspection(queue, job_id)
-            report.requeued.append(job_id)
+            enqueue_inspection(queue, record.id, time_limits(settings, record.image))
+            report.requeued.append(record.id)
     jobs.clear_pending(report.closed)
     if report.requeued or report.unreadable:
         log.warning("reconciler: %s", report.counts())

@@ -4,11 +4,12 @@ The stages, in the order an image travels (each in the module named for it):
 
 1. ``cache``: the same bytes under the same model answered before? Reuse that answer;
 2. ``fetch``: the image bytes from S3;
-3. ``preprocess``: decode, cut into tiles;
+3. ``preprocess``: decode (upright), check the frame's quality (``quality``), cut into tiles;
 4. ``infer``: the tiles through the model on Triton;
 5. ``postprocess``: stitch the tiles' outputs, find the defect regions;
 6. ``render``: the mask PNG, stored beside the image (and the answer remembered, stage 1);
-7. decide: ``inspectq.result.decide``, from the score and the job's own thresholds;
+7. decide: ``inspectq.result.decide``, from the score and the job's own thresholds, then
+   ``apply_quality_rule`` (a frame with quality issues never PASSes);
 8. ``record``: the one outcome, to S3 and Redis;
 9. ``alert``: the line's defect-rate monitor.
 
@@ -23,7 +24,8 @@ S3 (or Redis) unreachable                 retry with backoff, then ``storage_una
 bytes are not a readable image            ``undecodable_image`` at once
 image gone from S3                        ``image_missing`` at once
 Triton answered outside the contract      ``model_contract`` at once
-ran past the soft (or hard) time limit     ``timeout`` at once
+ran past its soft time limit              retried with twice the time, then ``timeout``
+ran past its hard time limit              ``timeout`` at once
 delivered more than ``max_deliveries``    ``poison_message``, dead-lettered
 anything else                             ``internal_error`` with the message
 ========================================  ====================================
@@ -40,7 +42,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from inspectq import keyspace
 from inspectq.jobs import JobError, JobRecord, RetryState, Status, is_job_id
-from inspectq.result import InspectionResult, Timings, decide
+from inspectq.queue import TimeLimits, max_hard_limit_s
+from inspectq.result import InspectionResult, Timings, apply_quality_rule, decide
 from inspectq.storage import StorageUnavailable
 from workers import cache, deadletter
 from workers.alert import notify
@@ -48,6 +51,7 @@ from workers.fetch import ImageMissing, fetch_image
 from workers.infer import ModelContractError, TritonUnavailable
 from workers.postprocess import find_regions, image_score, stitch
 from workers.preprocess import UndecodableImage, decode_image, make_model_input
+from workers.quality import check_quality
 from workers.record import record_result
 from workers.render import mask_png, write_mask
 from workers.services import Services
@@ -59,11 +63,14 @@ DELIVERY_COUNT_TTL_S = 24 * 3600
 
 
 class RetryLater(Exception):
-    """The job hit a transient outage and was marked ``retrying``: run it again later."""
+    """The job hit a transient outage or ran out of time and was marked ``retrying``: run
+    it again later, with ``limits`` when it needs more time."""
 
-    def __init__(self, countdown_s: float, reason: str) -> None:
+    def __init__(self, countdown_s: float, reason: str, limits: TimeLimits | None = None
+                 ) -> None:
         super().__init__(reason)
         self.countdown_s = countdown_s
+        self.limits = limits
 
 
 def backoff_s(attempt: int, cap_s: float) -> float:
@@ -85,8 +92,10 @@ def count_delivery(services: Services, job_id: str, retries: int) -> int:
     return int(count)
 
 
-def inspect_job(services: Services, job_id: str, retries: int = 0) -> JobRecord | None:
-    """Run job ``job_id``; ``retries`` is how many retries came before this run.
+def inspect_job(services: Services, job_id: str, retries: int = 0,
+                limits: TimeLimits | None = None) -> JobRecord | None:
+    """Run job ``job_id``; ``retries`` is how many retries came before this run, ``limits``
+    the time limits this run has (the settings' defaults when None).
 
     Returns the job's record afterwards (None for an unknown job). Raises
     :class:`RetryLater` when the job should run again later.
@@ -129,8 +138,19 @@ def inspect_job(services: Services, job_id: str, retries: int = 0) -> JobRecord 
     except ModelContractError as error:
         return _fail(services, job_id, "model_contract", str(error))
     except SoftTimeLimitExceeded:
+        # A healthy but busy system (an outage raises its own errors) must not fail work
+        # for being slow: run it again with twice the time, up to the longest a job may run.
+        limits = limits or TimeLimits(soft_s=settings.task_soft_time_limit_s,
+                                      hard_s=settings.task_time_limit_s)
+        longer = limits.doubled(max_hard_limit_s(settings))
+        if retries < settings.max_retries and longer.soft_s > limits.soft_s:
+            log.warning("job %s: ran past its %.0f s limit; retry %d with %.0f s", job_id,
+                        limits.soft_s, retries + 1, longer.soft_s)
+            jobs.update(job_id, status=Status.RETRYING, retry=RetryState(
+                attempt=retries + 1, reason="timeout", next_attempt_in_s=1.0))
+            raise RetryLater(1.0, "timeout", limits=longer) from None
         return _fail(services, job_id, "timeout",
-                     f"inspection ran past {settings.task_soft_time_limit_s}s")
+                     f"inspection ran past its {limits.soft_s:.0f} s time limit")
     except Exception as error:
         log.exception("job %s: unexpected error", job_id)
         return _fail(services, job_id, "internal_error", f"{type(error).__name__}: {error}")
@@ -168,7 +188,7 @@ def _run_stages(services: Services, record: JobRecord, started: float) -> Inspec
     timings = Timings(ingest_ms=record.ingest_ms,
                       queue_wait_ms=round(max(0.0, started - record.enqueued_at) * 1000, 2))
     params = {"tile_size": settings.tile_size, "tile_stride": settings.tile_stride,
-              "min_region_px": settings.min_region_px}
+              "min_region_px": settings.min_region_px, "format": cache.ModelAnswer.FORMAT}
     clock = time.perf_counter()
     info = services.model.current_info()
     timings.triton_ms = _ms(clock)
@@ -185,6 +205,7 @@ def _run_stages(services: Services, record: JobRecord, started: float) -> Inspec
 
         clock = time.perf_counter()
         image = decode_image(data)
+        quality = check_quality(image)
         layout = make_model_input(image, settings.tile_size, settings.tile_stride)
         timings.preprocess_ms = _ms(clock)
 
@@ -198,7 +219,8 @@ def _run_stages(services: Services, record: JobRecord, started: float) -> Inspec
         answer = cache.ModelAnswer(
             score=round(image_score(outputs.image_score), 4),
             regions=find_regions(class_map, prob, info.classes, settings.min_region_px),
-            width=layout.width, height=layout.height, source_job=record.id, params=params,
+            width=layout.width, height=layout.height, quality=quality, source_job=record.id,
+            params=params,
         )
         timings.postprocess_ms = _ms(clock)
 
@@ -206,12 +228,12 @@ def _run_stages(services: Services, record: JobRecord, started: float) -> Inspec
         write_mask(store, record.id, mask_png(class_map))
         cache.remember_answer(services.redis, record, info.sha256, answer,
                               settings.result_ttl_s)
-    decision = decide(answer.score, record.thresholds)
+    decision = apply_quality_rule(decide(answer.score, record.thresholds), answer.quality)
     # Mask and cache writes; the result's own write (finish) comes after and cannot time itself.
     timings.record_ms = _ms(record_started)
     timings.total_ms = round((time.time() - started) * 1000, 2)
     return InspectionResult(
         decision=decision, score=answer.score, defects=answer.regions, width=answer.width,
-        height=answer.height, model=info, thresholds=record.thresholds, timings=timings,
-        cache_hit=cache_hit,
+        height=answer.height, model=info, thresholds=record.thresholds,
+        quality=answer.quality, timings=timings, cache_hit=cache_hit,
     )

@@ -160,7 +160,7 @@ def _render_overlay(record: JobRecord) -> bytes | None:
     image, mask = store.get(record.image.key), store.get(keys.mask)
     if image is None or mask is None or record.result is None:
         return None
-    data = render_overlay(image, mask, record.result.defects, record.result.model.classes)
+    data = render_overlay(image, mask, record.result)
     try:
         store.put(keys.overlay, data, "image/png")
     except StorageUnavailable:

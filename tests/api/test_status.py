@@ -13,7 +13,6 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from api.apikeys import add_key
-from api.overlay import colour
 from inspectq.jobs import JobError, Status
 from inspectq.keyspace import keys_for
 from inspectq.result import InspectionResult
@@ -39,6 +38,7 @@ RESULT = {
     "thresholds": {"pass": 0.4, "reject": 0.65},
     "timings": {"ingest_ms": 4.0, "queue_wait_ms": 3.0, "s3_get_ms": 2.0, "preprocess_ms": 1.5,
                 "triton_ms": 20.0, "postprocess_ms": 1.0, "record_ms": 2.5, "total_ms": 30.0},
+    "quality": {"issues": [], "detail": ""},
     "cache_hit": False,
 }
 
@@ -89,7 +89,7 @@ def test_a_done_job_shows_its_result_and_images(
     assert got_overlay.status_code == 200 and got_overlay.mimetype == "image/png"
     drawn = Image.open(io.BytesIO(got_overlay.data))
     assert drawn.size == (32, 24) and drawn.getpixel((20, 20)) == (0, 0, 0)
-    assert drawn.getpixel((1, 2)) == colour(1)  # the box's corner, in the scratch colour
+    assert drawn.getpixel((0, 23)) == (220, 30, 30)  # the border, in REJECT's colour
     assert svc.store.get(keys_for(job_id).overlay) == got_overlay.data
     assert client.get(f"/v1/jobs/{job_id}/overlay", headers=AUTH).data == got_overlay.data
 

@@ -71,12 +71,62 @@ def test_steel_strip_is_inspected_end_to_end(services: Services) -> None:
 
 
 def test_clean_image_passes_and_thresholds_come_from_the_job(services: Services) -> None:
-    clean = np.full((300, 500, 3), 120, np.uint8)
+    clean = np.random.default_rng(0).integers(100, 140, (300, 500, 3), dtype=np.uint8)
     passed = inspect_job(services, submit(services, png(clean)))
     assert passed.result.decision == "PASS" and passed.result.defects == []
+    assert passed.result.quality.issues == []
     review = inspect_job(services, submit(services, png(strip_with_scratch(seed=3)),
                                           thresholds=(0.9, 0.99)))
     assert review.result.decision == "REVIEW"
+
+
+def test_a_blank_frame_is_reviewed_and_a_cache_hit_reports_the_same_quality(
+    services: Services,
+) -> None:
+    """An all-black frame scores low (the model sees nothing) and used to PASS."""
+    data = png(np.zeros((256, 256, 3), np.uint8))
+    first = inspect_job(services, submit(services, data))
+    assert first.result.score < 0.40 and first.result.decision == "REVIEW"
+    assert first.result.quality.issues == ["blank", "saturated"]
+    assert first.result.quality.detail.startswith("blank: ")
+    second = inspect_job(services, submit(services, data))
+    assert second.result.cache_hit is True and second.result.decision == "REVIEW"
+    assert second.result.quality == first.result.quality
+
+
+def test_a_sideways_camera_jpeg_is_inspected_upright(services: Services) -> None:
+    """EXIF orientation 6 (camera turned): the 320x160 raster is a 160x320 part; size, box
+    and mask are in upright pixels."""
+    import io
+
+    from PIL import Image
+
+    stored = np.full((160, 320, 3), 90, np.uint8)
+    stored[10:30, 20:60] = (255, 0, 0)  # the fixture model's scratch, stored top left
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, "JPEG", exif=exif, quality=100, subsampling=0)
+    job_id = submit(services, buffer.getvalue())
+    result = inspect_job(services, job_id).result
+    assert (result.width, result.height) == (160, 320)
+    assert result.decision == "REJECT"
+    [scratch] = result.defects
+    assert scratch.bbox == (130, 20, 150, 60)  # rows 10:30 of the raster, turned clockwise
+    mask = cv2.imdecode(np.frombuffer(services.store.get(keys_for(job_id).mask), np.uint8),
+                        cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (320, 160) and (mask[20:60, 130:150] == 1).all()
+
+
+def test_12_bit_data_in_a_16_bit_png_is_scaled_by_its_real_depth(services: Services) -> None:
+    """Scaled by 65535 the red scratch was dark red (16 of 255) and the strip PASSed; scaled
+    by 4095 it is the same image as in 8 bits."""
+    deep = ((strip_with_scratch(seed=5).astype(np.uint32) * 4095 + 127) // 255).astype(np.uint16)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(deep, cv2.COLOR_RGB2BGR))
+    assert ok and deep.max() == 4095
+    result = inspect_job(services, submit(services, data.tobytes())).result
+    assert result.decision == "REJECT" and result.score == pytest.approx(0.95)
+    assert [d.bbox for d in result.defects] == [(1500, 10, 1540, 30)]
 
 
 def test_same_bytes_same_model_are_inferred_once(services: Services) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from inspectq.result import Decision, Thresholds, decide
 from workers.postprocess import find_regions, image_score, stitch
@@ -50,6 +53,51 @@ def test_decode_jpeg_grayscale_rgba_and_16_bit() -> None:
 def test_decode_rejects_non_images(data: bytes) -> None:
     with pytest.raises(UndecodableImage):
         decode_image(data)
+
+
+def _with_orientation(rgb: np.ndarray, fmt: str, orientation: int) -> bytes:
+    """``rgb`` stored as is, with an EXIF orientation tag (as a camera held sideways writes)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, fmt, exif=exif, **({"quality": 100} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize(("orientation", "turns"), [(6, -1), (8, 1), (3, 2)])
+def test_decode_applies_the_exif_orientation(fmt: str, orientation: int, turns: int) -> None:
+    """Orientation 6: the camera was turned, the raster is stored 90 degrees counter-clockwise
+    of upright; the model must see it turned back (``turns`` quarter turns, as np.rot90)."""
+    stored = np.full((48, 64, 3), 60, np.uint8)  # landscape, as the sensor read it
+    stored[4:20, 8:40] = 230  # a bright block near the stored top-left corner
+    rgb = decode_image(_with_orientation(stored, fmt, orientation))
+    expected = np.rot90(stored, k=turns)
+    assert rgb.shape == expected.shape
+    assert np.abs(rgb.astype(int) - expected).max() <= (16 if fmt == "JPEG" else 0)
+
+
+@pytest.mark.parametrize(("bits", "ext"), [(10, ".png"), (12, ".png"), (12, ".tiff"), (14, ".png")])
+def test_decode_scales_16_bit_samples_by_their_real_bit_depth(bits: int, ext: str) -> None:
+    """12-bit data in a 16-bit file spans 0..4095: it is scaled by 4095, not 65535."""
+    full = 2 ** bits - 1
+    grey = np.array([[0, (full + 1) // 2, full, full // 4]], np.uint16)
+    assert decode_image(_encode(ext, grey))[0, :, 0].tolist() == [
+        round(v * 255 / full) for v in grey[0].tolist()]
+    colour = np.zeros((2, 2, 3), np.uint16)
+    colour[0, 0] = (0, 0, full)  # BGR: a full red sample
+    colour[1, 1] = (full // 2, 0, 0)
+    rgb = decode_image(_encode(ext, colour))
+    assert rgb[0, 0].tolist() == [255, 0, 0] and rgb[1, 1].tolist() == [0, 0, 127]
+
+
+@pytest.mark.parametrize(("max_sample", "divisor"), [  # full 16 bit: the test further up
+    (0, 511), (300, 511), (511, 511), (512, 1023), (4095, 4095), (4096, 8191)])
+def test_the_bit_depth_is_the_smallest_of_9_to_16_that_holds_the_largest_sample(
+    max_sample: int, divisor: int
+) -> None:
+    grey = np.array([[max_sample, 256]], np.uint16)
+    assert decode_image(_encode(".png", grey))[0, 1, 0] == round(256 * 255 / divisor)
 
 
 # --- tiling and stitching -----------------------------------------------------------------

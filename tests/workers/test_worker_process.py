@@ -161,9 +161,27 @@ def test_redis_flush_is_reconciled_and_the_worker_finishes_the_job(
     assert job_id not in services.jobs.pending_job_ids()
 
 
+def test_a_slow_job_on_a_healthy_system_retries_with_more_time(
+    services: Services, settings: Settings, start_worker: StartWorker
+) -> None:
+    """Busy, not broken: a job past its soft limit runs again with twice the time."""
+    tight = settings.model_copy(update={
+        "task_soft_time_limit_s": 2, "task_time_limit_s": 3, "visibility_timeout_s": 60})
+    start_worker(tight)
+    job_id = submit(services, png(slow_image(seed=5)))  # the model takes 3 s on it
+    enqueue_inspection(create_app(tight), job_id)
+    wait_for(lambda: (r := services.jobs.get(job_id)).status is Status.RETRYING and r, 20,
+             "the timed-out job to be retrying")
+    assert services.jobs.get(job_id).retry.reason == "timeout"
+    done = wait_for(lambda: (r := services.jobs.get(job_id)).status.terminal and r, 30,
+                    "job to end")
+    assert done.status is Status.DONE, done.error
+
+
 def test_job_past_its_time_limit_fails_with_timeout(
     services: Services, settings: Settings, start_worker: StartWorker
 ) -> None:
+    # No room for more time: the visibility timeout caps how long a job may run.
     hasty = settings.model_copy(update={
         "task_soft_time_limit_s": 1, "task_time_limit_s": 2, "visibility_timeout_s": 3})
     start_worker(hasty)
