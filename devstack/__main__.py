@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -139,7 +140,9 @@ def chaos_command(images: int, clients: int, deadline: float) -> None:
 def large_command(deadline: float) -> None:
     """12 MP and 40 MP camera JPEGs, alone and several at once, on a separate stack (its own
     Redis DB 9, ports and var/large) with the default time limits."""
-    config = isolated_config(REPO / "var" / "large", 9, s3_bucket="large")
+    var_dir = REPO / "var" / "large"
+    shutil.rmtree(var_dir, ignore_errors=True)  # no jobs of an earlier run in its S3
+    config = isolated_config(var_dir, 9, s3_bucket="large")
     redis.Redis.from_url(config.settings.redis_url).flushdb()
     up(config)
     try:

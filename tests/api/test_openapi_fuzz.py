@@ -1,5 +1,6 @@
 """Fuzz every documented operation with schemathesis, generated from /openapi.json, against
-the real app (WSGI) on the real Redis and S3: whatever it sends, no 5xx."""
+the real app (WSGI) on the real Redis and S3: whatever it sends, no 5xx, and every answer is
+one the document describes (status code, content type, headers, body schema)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import pytest
 import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.api.conftest import AUTH
 
@@ -25,14 +32,16 @@ def test_no_server_errors(fuzz_app: Flask, redis_client: object) -> None:
     schema = schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app)
     operations = [result.ok() for result in schema.get_all_operations()]
     operations = [op for op in operations if op.path != "/readyz"]
-    assert len(operations) == 7
+    assert len(operations) == 7  # the five /v1 operations, /healthz, /metrics
     for operation in operations:
 
         @given(case=operation.as_strategy())
         @settings(max_examples=25, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         def no_5xx(case: schemathesis.Case) -> None:
-            case.call_and_validate(headers=AUTH, checks=[not_a_server_error])
+            case.call_and_validate(headers=AUTH, checks=[
+                not_a_server_error, status_code_conformance, content_type_conformance,
+                response_headers_conformance, response_schema_conformance])
 
         no_5xx()
 
