@@ -14,7 +14,7 @@ import redis
 from kombu import Connection
 
 from inspectq.config import Settings
-from inspectq.jobs import Status
+from inspectq.jobs import JobRecord, Status
 from inspectq.keyspace import QUEUE
 from inspectq.queue import INSPECT_TASK, enqueue_inspection
 from tests.workers.conftest import (
@@ -161,20 +161,32 @@ def test_redis_flush_is_reconciled_and_the_worker_finishes_the_job(
     assert job_id not in services.jobs.pending_job_ids()
 
 
+def _slow_job_under(services: Services, settings: Settings, start_worker: StartWorker,
+                    seed: int, soft_s: int, hard_s: int, visibility_s: int) -> str:
+    """A job the model takes 3 s on, run by a worker with these time limits."""
+    limited = settings.model_copy(update={
+        "task_soft_time_limit_s": soft_s, "task_time_limit_s": hard_s,
+        "visibility_timeout_s": visibility_s})
+    start_worker(limited)
+    job_id = submit(services, png(slow_image(seed=seed)))
+    enqueue_inspection(create_app(limited), job_id)
+    return job_id
+
+
+def _ended(services: Services, job_id: str, timeout_s: float) -> JobRecord:
+    return wait_for(lambda: (r := services.jobs.get(job_id)).status.terminal and r, timeout_s,
+                    "job to end")
+
+
 def test_a_slow_job_on_a_healthy_system_retries_with_more_time(
     services: Services, settings: Settings, start_worker: StartWorker
 ) -> None:
     """Busy, not broken: a job past its soft limit runs again with twice the time."""
-    tight = settings.model_copy(update={
-        "task_soft_time_limit_s": 2, "task_time_limit_s": 3, "visibility_timeout_s": 60})
-    start_worker(tight)
-    job_id = submit(services, png(slow_image(seed=5)))  # the model takes 3 s on it
-    enqueue_inspection(create_app(tight), job_id)
+    job_id = _slow_job_under(services, settings, start_worker, 5, 2, 3, 60)
     wait_for(lambda: (r := services.jobs.get(job_id)).status is Status.RETRYING and r, 20,
              "the timed-out job to be retrying")
     assert services.jobs.get(job_id).retry.reason == "timeout"
-    done = wait_for(lambda: (r := services.jobs.get(job_id)).status.terminal and r, 30,
-                    "job to end")
+    done = _ended(services, job_id, 30)
     assert done.status is Status.DONE, done.error
 
 
@@ -182,11 +194,5 @@ def test_job_past_its_time_limit_fails_with_timeout(
     services: Services, settings: Settings, start_worker: StartWorker
 ) -> None:
     # No room for more time: the visibility timeout caps how long a job may run.
-    hasty = settings.model_copy(update={
-        "task_soft_time_limit_s": 1, "task_time_limit_s": 2, "visibility_timeout_s": 3})
-    start_worker(hasty)
-    job_id = submit(services, png(slow_image(seed=4)))  # the model takes 3 s on it
-    enqueue_inspection(create_app(hasty), job_id)
-    failed = wait_for(lambda: (r := services.jobs.get(job_id)).status.terminal and r, 20,
-                      "job to end")
+    failed = _ended(services, _slow_job_under(services, settings, start_worker, 4, 1, 2, 3), 20)
     assert failed.status is Status.FAILED and failed.error.code == "timeout"
