@@ -109,8 +109,19 @@ class JobRecord(BaseModel):
     image: ImageRef
     ingest_ms: float = 0.0
     result: InspectionResult | None = None
+    mask_key: str | None = Field(
+        default=None,
+        description="S3 key of the mask behind `result` (never shown to clients). Each run "
+        "of a job writes its own mask, and the first outcome recorded names its run's: two "
+        "runs in flight together can never leave a mask that disagrees with the result.",
+    )
     error: JobError | None = None
     retry: RetryState | None = None
+
+    @property
+    def mask(self) -> str:
+        """Where this done job's mask is (older records: the one fixed key)."""
+        return self.mask_key or keyspace.keys_for(self.id).mask
 
     def public(self) -> dict[str, Any]:
         """What a client sees: no tenant, no internal keys."""
@@ -218,12 +229,14 @@ class JobStore:
         job_id: str,
         *,
         result: InspectionResult | None = None,
+        mask_key: str | None = None,
         error: JobError | None = None,
         record: JobRecord | None = None,
     ) -> JobRecord:
-        """Write the job's one outcome. The first outcome written to S3 wins; a later call
-        (a redelivered message) gets that first outcome back instead of writing its own.
-        ``record`` is the job's record when the caller already holds it (saves a read).
+        """Write the job's one outcome (a ``result`` and the ``mask_key`` its run wrote, or
+        an ``error``). The first outcome written to S3 wins; a later call (a redelivered
+        message) gets that first outcome back instead of writing its own. ``record`` is the
+        job's record when the caller already holds it (saves a read).
         """
         if record is None:
             record = self.get(job_id)
@@ -234,6 +247,7 @@ class JobStore:
             update={
                 "status": status,
                 "result": result,
+                "mask_key": mask_key,
                 "error": error,
                 "retry": None,
                 "updated_at": utc_now(),
@@ -304,7 +318,8 @@ class JobStore:
         if record is None or record.status is not Status.FAILED:
             return None
         queued = record.model_copy(
-            update={"status": Status.QUEUED, "result": None, "error": None, "retry": None,
+            update={"status": Status.QUEUED, "result": None, "mask_key": None, "error": None,
+                    "retry": None,
                     "enqueued_at": time.time(), "updated_at": utc_now()}
         )
         self._store.put(keyspace.pending(job_id), queued.to_json().encode(), "application/json")

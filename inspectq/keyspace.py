@@ -9,7 +9,9 @@ S3 (the durable record)::
 
     jobs/<job>/image            the uploaded bytes
     jobs/<job>/result.json      the job's one outcome (first writer wins)
-    jobs/<job>/mask.png         class index per pixel
+    jobs/<job>/mask-<run>.png   class index per pixel, one per run of the job: the job's
+                                record names the one behind its recorded outcome
+    jobs/<job>/mask.png         the same, as written before per-run masks (older jobs)
     jobs/<job>/overlay.png      drawn by the API on first request
     pending/<job>               accepted record, until the reconciler sees the outcome
     deadletter/<job>.json       a poison message's entry
@@ -60,7 +62,12 @@ class JobKeys:
 
     @property
     def mask(self) -> str:
+        """The mask of a job recorded before masks were written per run."""
         return self.prefix + "mask.png"
+
+    def run_mask(self, run: str) -> str:
+        """The mask one run of the job wrote (``run``: a random token per run)."""
+        return f"{self.prefix}mask-{run}.png"
 
     @property
     def overlay(self) -> str:

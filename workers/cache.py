@@ -34,7 +34,7 @@ class ModelAnswer(BaseModel):
     #: Bump when decoding or the quality checks change what an answer means; it is one of
     #: the ``params``, so answers cached before (e.g. sideways, or without a quality) are
     #: never reused.
-    FORMAT: ClassVar[int] = 2
+    FORMAT: ClassVar[int] = 3
 
     score: float
     regions: list[Region]
@@ -43,7 +43,7 @@ class ModelAnswer(BaseModel):
     # The image-quality checks of the decoded frame, so a cache hit reports them too. The
     # default only lets answers cached before the checks parse (their params lack "format").
     quality: ImageQuality = Field(default_factory=ImageQuality)
-    source_job: str  # the job whose S3 objects hold mask.png
+    mask_key: str  # the S3 key of the mask this answer was made with
     params: dict[str, int]  # tiling settings (and FORMAT) the answer was computed with
 
 
@@ -60,24 +60,23 @@ def cached_answer(
     return answer if answer.params == params else None
 
 
-def copy_mask(store: ObjectStore, from_job: str, to_job: str) -> bool:
-    """Copy another job's mask; False when it is gone (then infer again)."""
-    if from_job == to_job:
-        return True
-    mask = store.get(keyspace.keys_for(from_job).mask)
+def copy_mask(store: ObjectStore, from_key: str, to_key: str) -> bool:
+    """Copy an earlier job's mask; False when it is gone (then infer again)."""
+    mask = store.get(from_key)
     if mask is None:
         return False
-    write_mask(store, to_job, mask)
+    write_mask(store, to_key, mask)
     return True
 
 
 def lookup(
     cache: redis.Redis, store: ObjectStore, record: JobRecord, model_sha: str,
-    params: dict[str, int],
+    params: dict[str, int], mask_key: str,
 ) -> ModelAnswer | None:
-    """The cached answer with its mask copied to ``record``'s job, or None (infer it)."""
+    """The cached answer with its mask copied to ``mask_key`` (this run's), or None (infer
+    it)."""
     answer = cached_answer(cache, record, model_sha, params)
-    if answer is None or not copy_mask(store, answer.source_job, record.id):
+    if answer is None or not copy_mask(store, answer.mask_key, mask_key):
         return None
     return answer
 

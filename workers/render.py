@@ -11,7 +11,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from inspectq import keyspace
 from inspectq.storage import ObjectStore
 
 
@@ -22,5 +21,6 @@ def mask_png(class_map: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
-def write_mask(store: ObjectStore, job_id: str, mask: bytes) -> None:
-    store.put(keyspace.keys_for(job_id).mask, mask, "image/png")
+def write_mask(store: ObjectStore, key: str, mask: bytes) -> None:
+    """Store a run's mask at ``key`` (``keyspace.keys_for(job).run_mask(run)``)."""
+    store.put(key, mask, "image/png")

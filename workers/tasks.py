@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import time
 
 import redis
@@ -117,7 +118,8 @@ def inspect_job(services: Services, job_id: str, retries: int = 0,
         return deadletter.dead_letter(services, record, deliveries)
     record = jobs.update(job_id, record=record, status=Status.PROCESSING, retry=None) or record
     try:
-        final = record_result(jobs, record, _run_stages(services, record, started))
+        result, mask_key = _run_stages(services, record, started)
+        final = record_result(jobs, record, result, mask_key)
     except (TritonUnavailable, StorageUnavailable, redis.ConnectionError,
             redis.TimeoutError) as error:
         code = "triton_unavailable" if isinstance(error, TritonUnavailable) else (
@@ -180,11 +182,14 @@ def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 2)
 
 
-def _run_stages(services: Services, record: JobRecord, started: float) -> InspectionResult:
+def _run_stages(services: Services, record: JobRecord, started: float
+                ) -> tuple[InspectionResult, str]:
     """Stages 1 to 7 (see the module docstring): reuse an earlier answer for the same bytes
     and model, or fetch -> preprocess -> infer -> postprocess -> mask PNG; then decide.
-    Returns the result, not yet recorded."""
+    Returns the result, not yet recorded, and the key of the mask this run wrote (its own:
+    a second run in flight at the same time writes another, see ``JobRecord.mask_key``)."""
     settings, store = services.settings, services.store
+    mask_key = keyspace.keys_for(record.id).run_mask(secrets.token_hex(6))
     timings = Timings(ingest_ms=record.ingest_ms,
                       queue_wait_ms=round(max(0.0, started - record.enqueued_at) * 1000, 2))
     params = {"tile_size": settings.tile_size, "tile_stride": settings.tile_stride,
@@ -194,7 +199,7 @@ def _run_stages(services: Services, record: JobRecord, started: float) -> Inspec
     timings.triton_ms = _ms(clock)
 
     clock = time.perf_counter()
-    answer = cache.lookup(services.redis, store, record, info.sha256, params)
+    answer = cache.lookup(services.redis, store, record, info.sha256, params, mask_key)
     timings.s3_get_ms = _ms(clock)
     cache_hit = answer is not None
     record_started = time.perf_counter()
@@ -219,13 +224,13 @@ def _run_stages(services: Services, record: JobRecord, started: float) -> Inspec
         answer = cache.ModelAnswer(
             score=round(image_score(outputs.image_score), 4),
             regions=find_regions(class_map, prob, info.classes, settings.min_region_px),
-            width=layout.width, height=layout.height, quality=quality, source_job=record.id,
+            width=layout.width, height=layout.height, quality=quality, mask_key=mask_key,
             params=params,
         )
         timings.postprocess_ms = _ms(clock)
 
         record_started = time.perf_counter()
-        write_mask(store, record.id, mask_png(class_map))
+        write_mask(store, mask_key, mask_png(class_map))
         cache.remember_answer(services.redis, record, info.sha256, answer,
                               settings.result_ttl_s)
     decision = apply_quality_rule(decide(answer.score, record.thresholds), answer.quality)
@@ -236,4 +241,4 @@ def _run_stages(services: Services, record: JobRecord, started: float) -> Inspec
         decision=decision, score=answer.score, defects=answer.regions, width=answer.width,
         height=answer.height, model=info, thresholds=record.thresholds,
         quality=answer.quality, timings=timings, cache_hit=cache_hit,
-    )
+    ), mask_key

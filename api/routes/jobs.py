@@ -146,7 +146,7 @@ def _artifact(job_id: str, which: Literal["mask", "overlay"]) -> Response:
         raise ApiError(404, "no_artifact", f"Job {job_id} failed and has no images.")
     store, keys = services().store, keys_for(job_id)
     if which == "mask":
-        data = store.get(keys.mask)
+        data = store.get(record.mask)
     else:
         data = store.get(keys.overlay) or _render_overlay(record)
     if data is None:
@@ -157,7 +157,7 @@ def _artifact(job_id: str, which: Literal["mask", "overlay"]) -> Response:
 def _render_overlay(record: JobRecord) -> bytes | None:
     """Render a done job's overlay from its stored image and mask, and keep it in S3."""
     store, keys = services().store, keys_for(record.id)
-    image, mask = store.get(record.image.key), store.get(keys.mask)
+    image, mask = store.get(record.image.key), store.get(record.mask)
     if image is None or mask is None or record.result is None:
         return None
     data = render_overlay(image, mask, record.result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,12 +21,15 @@ from tests.workers.conftest import (
     CLOSED_PORT_URL,
     accepted_seconds_ago,
     png,
+    slow_image,
     strip_with_scratch,
     submit,
+    wait_for,
 )
 from tests.workers.triton_server import CLASSES, fixture_sha256
 from workers import deadletter
 from workers.app import create_app
+from workers.infer import TileOutputs, TritonModel
 from workers.services import Services, build_services
 from workers.tasks import RetryLater, inspect_job
 
@@ -59,7 +63,7 @@ def test_steel_strip_is_inspected_end_to_end(services: Services) -> None:
                                       "triton_ms", "postprocess_ms", "record_ms", "total_ms",
                                       "ingest_ms"}
     assert result["timings"]["triton_ms"] > 0 and result["cache_hit"] is False
-    mask = cv2.imdecode(np.frombuffer(services.store.get(keys_for(job_id).mask), np.uint8),
+    mask = cv2.imdecode(np.frombuffer(services.store.get(final.mask), np.uint8),
                         cv2.IMREAD_UNCHANGED)
     assert mask.shape == (256, 1600) and (mask[10:30, 1500:1540] == 1).all()
     assert int(mask.sum()) == 800
@@ -108,12 +112,13 @@ def test_a_sideways_camera_jpeg_is_inspected_upright(services: Services) -> None
     buffer = io.BytesIO()
     Image.fromarray(stored).save(buffer, "JPEG", exif=exif, quality=100, subsampling=0)
     job_id = submit(services, buffer.getvalue())
-    result = inspect_job(services, job_id).result
+    final = inspect_job(services, job_id)
+    result = final.result
     assert (result.width, result.height) == (160, 320)
     assert result.decision == "REJECT"
     [scratch] = result.defects
     assert scratch.bbox == (130, 20, 150, 60)  # rows 10:30 of the raster, turned clockwise
-    mask = cv2.imdecode(np.frombuffer(services.store.get(keys_for(job_id).mask), np.uint8),
+    mask = cv2.imdecode(np.frombuffer(services.store.get(final.mask), np.uint8),
                         cv2.IMREAD_UNCHANGED)
     assert mask.shape == (320, 160) and (mask[20:60, 130:150] == 1).all()
 
@@ -140,8 +145,8 @@ def test_same_bytes_same_model_are_inferred_once(services: Services) -> None:
     assert second.result.defects == first.result.defects
     # The decision is made again from this job's own thresholds.
     assert first.result.decision == "REJECT" and second.result.decision == "PASS"
-    assert services.store.get(keys_for(second_id).mask) == services.store.get(
-        keys_for(first.id).mask)
+    assert second.mask != first.mask  # each job (each run) has its own copy
+    assert services.store.get(second.mask) == services.store.get(first.mask)
 
 
 def test_undecodable_image_fails_at_once(services: Services) -> None:
@@ -226,6 +231,42 @@ def test_duplicate_delivery_keeps_the_first_outcome(services: Services) -> None:
     first = inspect_job(services, job_id)
     again = inspect_job(services, job_id)  # a redelivered message after the job ended
     assert again.result == first.result and again.updated_at == first.updated_at
+
+
+class ModelThatFindsNothing(TritonModel):
+    """Another model version, served between two deliveries of one job: it finds nothing."""
+
+    def infer(self, tiles: np.ndarray) -> TileOutputs:
+        count, _, height, width = tiles.shape
+        return TileOutputs(class_map=np.zeros((count, height, width), np.uint8),
+                           defect_prob=np.zeros((count, height, width), np.float32),
+                           image_score=np.zeros(count, np.float32), info=self.current_info())
+
+
+def test_two_runs_in_flight_together_leave_one_consistent_outcome(services: Services) -> None:
+    """A redelivery racing the first run, with a model switch between them: the run that
+    records first wins, and the mask clients read is that run's, not the last one written."""
+    import threading
+
+    image = slow_image(seed=18)  # the fixture model takes 3 s on it...
+    image[100:120, 60:200] = (255, 0, 0)  # ...and finds a scratch
+    job_id = submit(services, png(image))
+    first_run: list[object] = []
+    slow = threading.Thread(target=lambda: first_run.append(inspect_job(services, job_id)))
+    slow.start()
+    wait_for(lambda: services.jobs.get(job_id).status is Status.PROCESSING, 10, "run 1")
+    time.sleep(1.0)  # run 1 is inside Triton now
+    switched = replace(services, model=ModelThatFindsNothing(
+        services.settings.triton_url, services.settings.triton_model, 16, 10))
+    second = inspect_job(switched, job_id)  # run 2 records first
+    slow.join(timeout=30)
+    [first] = first_run
+    assert second.result.defects == [] and first == second  # one outcome: run 2's
+    recorded = services.jobs.get(job_id)
+    assert recorded.mask == second.mask
+    mask = cv2.imdecode(np.frombuffer(services.store.get(recorded.mask), np.uint8),
+                        cv2.IMREAD_UNCHANGED)
+    assert not mask.any()  # run 1 wrote its scratch mask too, but not under this key
 
 
 def test_malformed_job_id_is_dropped_without_touching_storage(services: Services) -> None:

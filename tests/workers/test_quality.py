@@ -139,7 +139,7 @@ def test_a_cached_answer_carries_the_quality() -> None:
         score=0.05, regions=[Region(class_name="pit", score=0.9, bbox=(1, 2, 3, 4), area_px=4,
                                     area_ratio=0.1)],
         width=64, height=48, quality=check_quality(np.zeros((48, 64, 3), np.uint8)),
-        source_job="j_x", params={"tile_size": 256, "format": ModelAnswer.FORMAT},
+        mask_key="jobs/j_x/mask-0.png", params={"tile_size": 256, "format": ModelAnswer.FORMAT},
     )
     again = ModelAnswer.model_validate_json(answer.model_dump_json(by_alias=True))
     assert again == answer and again.quality.issues == [BLANK, SATURATED]
