@@ -49,11 +49,17 @@ def expect_error(response: Any, status: int, code: str) -> None:
 
 @pytest.fixture(autouse=True)
 def _nothing_enqueued_and_still_healthy(
-    client: FlaskClient, redis_client: redis.Redis
+    app: Flask, client: FlaskClient, redis_client: redis.Redis
 ) -> Any:
+    """A refused upload leaves nothing that would run later: no message, and no `pending/`
+    record in S3 (the reconciler would enqueue one); and the app still serves real traffic."""
+    store = services_of(app).store
+    pending_before = set(store.list_keys("pending/"))
     yield
     assert queued_job_ids(redis_client) == []
-    assert client.get("/healthz").status_code == 200
+    assert set(store.list_keys("pending/")) == pending_before
+    lookup = client.get("/v1/jobs/j_AAAAAAAAAAAAAAAAAAAAAA", headers=AUTH)  # Redis and S3
+    assert lookup.status_code == 404 and lookup.json["error"]["code"] == "job_not_found"
 
 
 @pytest.mark.parametrize(
