@@ -116,12 +116,7 @@ def bench_command(images: int, clients: int, triton_clients: int) -> None:
               help="Seconds to wait for every job after the last upload.")
 def chaos_command(images: int, clients: int, deadline: float) -> None:
     """Uploads under faults on a separate stack (its own Redis DB 13, ports and var/chaos)."""
-    # Short limits, so that work held by a SIGKILLed worker comes back within the run.
-    config = isolated_config(
-        REPO / "var" / "chaos", 13, s3_bucket="chaos",
-        task_soft_time_limit_s=20, task_time_limit_s=30, visibility_timeout_s=45,
-        max_retries=10, retry_backoff_max_s=8,
-    )
+    config = chaos.stack_config(REPO / "var" / "chaos")
     redis.Redis.from_url(config.settings.redis_url).flushdb()
     up(config)
     try:

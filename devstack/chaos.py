@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -28,9 +29,29 @@ from tqdm import tqdm
 from devstack import procs
 from devstack.bench import bench_images
 from devstack.client import ApiError, InspectqClient
-from devstack.stack import REPO, StackConfig, services, settings_env, venv_bin
+from devstack.stack import (
+    REPO,
+    StackConfig,
+    isolated_config,
+    services,
+    settings_env,
+    venv_bin,
+)
 from inspectq import keyspace
 from inspectq.storage import ObjectStore
+
+#: The chaos stack's own Redis database.
+REDIS_DB = 13
+
+
+def stack_config(var_dir: Path) -> StackConfig:
+    """A separate stack for the chaos run, with short limits, so that work held by a
+    SIGKILLed worker comes back within the run."""
+    return isolated_config(
+        var_dir, REDIS_DB, s3_bucket="chaos",
+        task_soft_time_limit_s=20, task_time_limit_s=30, visibility_timeout_s=45,
+        max_retries=10, retry_backoff_max_s=8,
+    )
 
 
 @dataclass
