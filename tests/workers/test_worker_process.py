@@ -123,6 +123,28 @@ def test_sigterm_hands_the_running_job_back_within_the_grace_period(
     wait_for(lambda: job_status(services.jobs, job_id) is Status.DONE, 30, "job done")
 
 
+def test_a_retry_held_by_a_worker_that_dies_still_runs(
+    services: Services, settings: Settings, start_worker: StartWorker
+) -> None:
+    """Kill point: the job is `retrying` and its delayed retry (a message with a countdown)
+    lives in the worker when the whole worker is SIGKILLed. Redis hands the unacked retry
+    out again after the visibility timeout, and a fresh worker finishes the job."""
+    short = {"task_soft_time_limit_s": 6, "task_time_limit_s": 7, "visibility_timeout_s": 8,
+             "retry_backoff_max_s": 20, "max_retries": 8}
+    down = settings.model_copy(update={"triton_url": CLOSED_PORT_URL, **short})
+    doomed = start_worker(down)
+    job_id = submit(services, png(strip_with_scratch(seed=24)))
+    enqueue_inspection(create_app(down), job_id)
+    wait_for(lambda: job_status(services.jobs, job_id) is Status.RETRYING, 20, "retrying")
+    wait_for(lambda: services.redis.hlen("unacked") == 1 and services.redis.llen(QUEUE) == 0,
+             20, "the retry held by the worker")
+    doomed.kill()
+    start_worker(settings.model_copy(update=short))  # Triton is up again
+    done = wait_for(lambda: (r := services.jobs.get(job_id)).status.terminal and r, 60,
+                    "job to end on the new worker")
+    assert done.status is Status.DONE, done.error
+
+
 def test_triton_down_job_goes_retrying_then_failed(
     services: Services, settings: Settings, start_worker: StartWorker
 ) -> None:
