@@ -145,6 +145,31 @@ def test_a_retry_held_by_a_worker_that_dies_still_runs(
     assert done.status is Status.DONE, done.error
 
 
+def test_a_worker_that_dies_strands_no_second_message(
+    services: Services, settings: Settings, start_worker: StartWorker
+) -> None:
+    """Kill point: the worker runs one job while the next waits. With prefetch 1 and fair
+    dispatch the waiting message stays in the queue (a worker holds no message it is not
+    running), so a SIGKILL of the whole worker strands nothing: both jobs end done."""
+    short = settings.model_copy(update={
+        "task_soft_time_limit_s": 6, "task_time_limit_s": 7, "visibility_timeout_s": 8})
+    doomed = start_worker(short)  # one pool process
+    running = submit(services, png(slow_image(seed=6)))
+    waiting = submit(services, png(strip_with_scratch(seed=25)))
+    app = create_app(short)
+    enqueue_inspection(app, running)
+    enqueue_inspection(app, waiting)
+    _processing_then_inside_triton(services, running)
+    assert services.redis.hlen("unacked") == 1 and services.redis.llen(QUEUE) == 1
+    assert job_status(services.jobs, waiting) is Status.QUEUED
+    doomed.kill()
+    start_worker(short)
+    for job_id in (running, waiting):
+        done = wait_for(lambda job_id=job_id: (r := services.jobs.get(job_id)).status.terminal
+                        and r, 60, "job to end on the new worker")
+        assert done.status is Status.DONE, done.error
+
+
 def test_triton_down_job_goes_retrying_then_failed(
     services: Services, settings: Settings, start_worker: StartWorker
 ) -> None:
