@@ -6,7 +6,6 @@ content type, so a pickled message put on the queue by hand is refused, never ex
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import redis
@@ -15,6 +14,7 @@ from celery import Celery
 from inspectq.config import Settings
 from inspectq.jobs import ImageRef
 from inspectq.keyspace import QUEUE, UNACKED
+from inspectq.tiling import tiles_along
 
 INSPECT_TASK = "inspectq.inspect"
 RECONCILE_TASK = "inspectq.reconcile"
@@ -66,12 +66,6 @@ class TimeLimits:
         gap = self.hard_s - self.soft_s
         hard = min(cap_s, self.hard_s + self.soft_s)
         return TimeLimits(soft_s=max(1.0, hard - gap), hard_s=hard)
-
-
-def tiles_along(length: int, tile: int, stride: int) -> int:
-    """Model tiles along one side: the workers' tiling (``workers.preprocess``) puts one
-    every ``stride`` and a last one flush with the end; a side up to one tile makes one."""
-    return 1 if length <= tile else math.ceil((length - tile) / stride) + 1
 
 
 def time_limits(settings: Settings, image: ImageRef) -> TimeLimits:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from inspectq.tiling import tile_starts
+
 
 class UndecodableImage(Exception):
     """The bytes are not an image OpenCV can read, or of an unsupported pixel type."""
@@ -71,17 +73,6 @@ def decode_image(data: bytes) -> np.ndarray:
     if channels == 3:
         return cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
     raise UndecodableImage(f"unsupported channel count {channels}")
-
-
-def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets along one side of ``length`` >= ``tile``: every ``stride``, plus one
-    final tile flush with the end when the strides do not land on it exactly."""
-    if length < tile:
-        raise ValueError("pad the side to at least one tile first")
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:
-        starts.append(length - tile)
-    return starts
 
 
 @dataclass(frozen=True)

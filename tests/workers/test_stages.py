@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from inspectq.result import Decision, Thresholds, decide
+from inspectq.tiling import tile_starts
 from workers.postprocess import find_regions, image_score, stitch
-from workers.preprocess import UndecodableImage, decode_image, make_model_input, tile_starts
+from workers.preprocess import UndecodableImage, decode_image, make_model_input
 from workers.render import mask_png
 
 CLASSES = ("background", "scratch", "pit")

@@ -8,7 +8,8 @@ import pytest
 
 from inspectq.config import Settings
 from inspectq.jobs import ImageRef
-from inspectq.queue import TimeLimits, max_hard_limit_s, tiles_along, time_limits
+from inspectq.queue import TimeLimits, max_hard_limit_s, time_limits
+from inspectq.tiling import tiles_along
 from workers.preprocess import make_model_input
 
 
