@@ -73,6 +73,7 @@ def accept(
     thresholds: Thresholds,
     idempotency_key: str | None,
     started: float,
+    batch_id: str | None = None,
 ) -> Accepted:
     """Store, record and enqueue one validated image. ``started`` is ``perf_counter()`` at
     the start of the request, for the record's ``ingest_ms``."""
@@ -103,6 +104,7 @@ def accept(
         enqueued_at=time.time(),
         line=options.line,
         camera=options.camera,
+        batch_id=batch_id,
         metadata=options.metadata_object(),
         thresholds=thresholds,
         image=ImageRef(

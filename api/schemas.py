@@ -181,6 +181,7 @@ class JobAccepted(BaseModel):
 
 
 class BatchAccepted(BaseModel):
+    batch_id: str = Field(description="The batch's id: `GET /v1/batches/<id>` shows its jobs.")
     jobs: list[JobAccepted]
 
 
@@ -198,6 +199,7 @@ class JobOut(BaseModel):
     updated_at: str
     line: str
     camera: str | None = None
+    batch_id: str | None = Field(default=None, description="When submitted in a batch.")
     metadata: dict[str, Any] | None = None
     result: InspectionResult | None = Field(default=None, description="When done.")
     error: JobErrorOut | None = Field(default=None, description="When failed: why.")

@@ -24,6 +24,8 @@ Celery's own result backend is never used: it answers PENDING for ids it never s
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import re
 import secrets
@@ -44,6 +46,7 @@ from inspectq.storage import ObjectExists, ObjectStore
 log = logging.getLogger(__name__)
 
 _JOB_ID = re.compile(r"^j_[A-Za-z0-9_-]{22}$")
+_BATCH_ID = re.compile(r"^b_[A-Za-z0-9_-]{22}$")
 #: A long-poll re-reads the record at least this often, in case an ending was missed.
 WAIT_RECHECK_S = 5.0
 
@@ -55,6 +58,19 @@ def new_job_id() -> str:
 
 def is_job_id(value: str) -> bool:
     return bool(_JOB_ID.fullmatch(value))
+
+
+def new_batch_id(derived_from: str | None = None) -> str:
+    """A batch's id: like a job's, with its own prefix. ``derived_from`` (a tenant and its
+    Idempotency-Key) makes it a digest of that instead, so a retried batch keeps its id."""
+    if derived_from is None:
+        return "b_" + secrets.token_urlsafe(16)
+    digest = hashlib.sha256(derived_from.encode()).digest()[:16]
+    return "b_" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def is_batch_id(value: str) -> bool:
+    return bool(_BATCH_ID.fullmatch(value))
 
 
 def utc_now() -> str:
@@ -104,6 +120,9 @@ class JobRecord(BaseModel):
     enqueued_at: float = Field(description="Unix time of enqueue, for the queue-wait timing.")
     line: str
     camera: str | None = None
+    batch_id: str | None = Field(
+        default=None, description="The batch (``POST /v1/batches``) the job came in with."
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
     thresholds: Thresholds
     image: ImageRef
@@ -134,6 +153,8 @@ class JobRecord(BaseModel):
         }
         if self.camera is not None:
             body["camera"] = self.camera
+        if self.batch_id is not None:
+            body["batch_id"] = self.batch_id
         if self.metadata:
             body["metadata"] = self.metadata
         if self.result is not None:

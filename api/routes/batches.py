@@ -19,6 +19,7 @@ from api.routes.common import accepted_body, idempotency_key, unsupported_body
 from api.schemas import BatchAccepted, BatchForm, ErrorOut
 from api.services import services
 from api.uploads import read_part, set_body_limit
+from inspectq.jobs import new_batch_id
 from inspectq.storage import StorageUnavailable
 
 
@@ -74,6 +75,8 @@ def add_batch_routes(bp: Blueprint, spec: SpecTree) -> None:
         ]
         check_capacity(svc, len(checked))
 
+        # A retried batch (same Idempotency-Key) must name the same batch, partial or whole.
+        batch_id = new_batch_id(None if key is None else f"{g.tenant}\n{key}")
         accepted: list[Accepted] = []
         for index, (part, meta) in enumerate(zip(parts, checked, strict=True)):
             part.stream.seek(0)
@@ -88,6 +91,7 @@ def add_batch_routes(bp: Blueprint, spec: SpecTree) -> None:
                         thresholds=thresholds,
                         idempotency_key=None if key is None else f"{key}:{index}",
                         started=started,
+                        batch_id=batch_id,
                     )
                 )
             except (StorageUnavailable, RedisError, BrokerError) as error:
@@ -95,7 +99,10 @@ def add_batch_routes(bp: Blueprint, spec: SpecTree) -> None:
                     raise
                 what = "storage" if isinstance(error, StorageUnavailable) else "queue"
                 raise _partial(accepted, what) from error
-        response = jsonify({"jobs": [accepted_body(svc.settings, item) for item in accepted]})
+        response = jsonify({
+            "batch_id": batch_id,
+            "jobs": [accepted_body(svc.settings, item) for item in accepted],
+        })
         response.status_code = 202
         if all(item.replayed for item in accepted):
             response.headers["Idempotent-Replayed"] = "true"

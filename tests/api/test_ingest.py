@@ -13,7 +13,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from inspectq.jobs import Status
+from inspectq.jobs import Status, is_batch_id
 from inspectq.keyspace import keys_for
 from tests.api.conftest import AUTH, image_bytes, queued_job_ids, services_of, submit
 
@@ -155,6 +155,11 @@ def test_batch_replays_whole_and_partial(
     again = batch(3)
     assert [job["id"] for job in again.json["jobs"]] == ids
     assert again.headers["Idempotent-Replayed"] == "true"
+    # One batch across the retries: every job, replayed or new, carries its id.
+    batch_id = partial.json["batch_id"]
+    assert is_batch_id(batch_id) and whole.json["batch_id"] == again.json["batch_id"] == batch_id
+    for job_id in ids:
+        assert client.get(f"/v1/jobs/{job_id}", headers=AUTH).json["batch_id"] == batch_id
 
 
 def test_concurrent_uploads_with_one_key_make_one_job(
@@ -203,6 +208,7 @@ def test_batch_makes_one_job_per_image_in_order(
     assert response.status_code == 202, response.json
     ids = [job["id"] for job in response.json["jobs"]]
     assert len(set(ids)) == 3
+    assert is_batch_id(response.json["batch_id"])
     svc = services_of(app)
     for job_id, data in zip(ids, images, strict=True):
         assert svc.store.get(keys_for(job_id).image) == data
