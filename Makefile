@@ -38,7 +38,7 @@ status:
 test: venv
 	$(PY) -m ruff check .
 	$(PY) -m pytest tests --ignore=tests/model
-	$(MODEL_PY) -m pytest tests/model
+	$(MODEL_PY) -m pytest tests/model --require-torch
 
 lint: venv
 	$(PY) -m ruff check .

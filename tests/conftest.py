@@ -14,6 +14,11 @@ from devstack import seaweed
 from devstack.ports import free_port, port_open, wait_until
 from inspectq.config import Settings
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--require-torch", action="store_true",
+                     help="fail, instead of skipping, when the model tests cannot import torch")
+
+
 TEST_ACCESS_KEY = "inspectq-test"
 TEST_SECRET_KEY = "inspectq-test-secret"
 

@@ -20,26 +20,32 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 
+from devstack.ports import free_port
 from triton_models import serve
 from triton_models.repository import MODEL_NAME, Repositories
 
-PORTS = (18000, 18001, 18002)
-URL = f"127.0.0.1:{PORTS[1]}"
 REPOS = Repositories()
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[None]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "triton_models.serve", "--http-port", str(PORTS[0]),
-         "--grpc-port", str(PORTS[1]), "--metrics-port", str(PORTS[2])],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Our own server on free ports; yields its gRPC address. Triton exits when it cannot
+    bind a port, so "ready and our process still alive" means the answers are ours, not a
+    stray server's that happened to hold the ports."""
+    http, grpc, metrics = (free_port() for _ in range(3))
+    log_path = tmp_path_factory.mktemp("triton") / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "triton_models.serve", "--http-port", str(http),
+             "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+            stdout=log, stderr=subprocess.STDOUT)
     try:
-        serve.wait_ready(PORTS[0], timeout=120)
-    except TimeoutError:
+        serve.wait_ready(http, timeout=120)
+        assert process.poll() is None, "another server answered on our ports"
+    except (TimeoutError, AssertionError) as error:
         process.kill()
-        pytest.fail(f"tritonserver did not get ready:\n{process.communicate()[0][-3000:]}")
-    yield
+        pytest.fail(f"{error}; tritonserver log:\n{log_path.read_text()[-3000:]}")
+    yield f"127.0.0.1:{grpc}"
     process.terminate()
     process.wait(30)
 
@@ -79,8 +85,8 @@ def run_local(model: torch.jit.ScriptModule, batch: np.ndarray) -> list[np.ndarr
         return [t.numpy() for t in model(torch.from_numpy(batch))]
 
 
-def test_server_reports_version_sha_and_classes(server: None) -> None:
-    client = grpcclient.InferenceServerClient(URL)
+def test_server_reports_version_sha_and_classes(server: str) -> None:
+    client = grpcclient.InferenceServerClient(server)
     config = client.get_model_config(MODEL_NAME).config
     version = REPOS.served_version()
     from triton_models.verify import sha256_of
@@ -91,36 +97,47 @@ def test_server_reports_version_sha_and_classes(server: None) -> None:
     assert client.is_model_ready(MODEL_NAME, str(version))
 
 
-def test_batch_1_matches_in_process(server: None, local_model: torch.jit.ScriptModule) -> None:
-    client = grpcclient.InferenceServerClient(URL)
+def test_batch_1_matches_in_process(server: str, local_model: torch.jit.ScriptModule) -> None:
+    client = grpcclient.InferenceServerClient(server)
     batch = images(3, seed=77)
     for i in range(len(batch)):
         assert_same(infer(client, batch[i : i + 1]), run_local(local_model, batch[i : i + 1]))
 
 
-def test_dynamically_batched_requests_match(server: None,
+def test_dynamically_batched_requests_match(server: str,
                                             local_model: torch.jit.ScriptModule) -> None:
+    """Single-image requests that queue up behind a busy model instance are batched.
+
+    A full batch (max_batch_size, which can join no other request) occupies the server's
+    one instance for over a second on this CPU; the single-image requests sent meanwhile
+    wait in the queue, and the dynamic batcher serves them in batches. The margin is that
+    whole execution, not the 2 ms queue delay of requests racing each other.
+    """
     batch = images(8, seed=78)
-    client = grpcclient.InferenceServerClient(URL)
+    client = grpcclient.InferenceServerClient(server)
+    config = client.get_model_config(MODEL_NAME).config
     before = client.get_inference_statistics(MODEL_NAME).model_stats[0]
+    blocker_done = threading.Event()
+    blocker = np.repeat(batch[:1], config.max_batch_size, axis=0)
+    tensor = grpcclient.InferInput("images", list(blocker.shape), "UINT8")
+    tensor.set_data_from_numpy(blocker)
+    client.async_infer(MODEL_NAME, [tensor], callback=lambda **_: blocker_done.set())
     results: dict[int, list[np.ndarray]] = {}
-    barrier = threading.Barrier(len(batch))
 
     def send(i: int) -> None:
-        own = grpcclient.InferenceServerClient(URL)
-        barrier.wait()
-        results[i] = infer(own, batch[i : i + 1])
+        results[i] = infer(grpcclient.InferenceServerClient(server), batch[i : i + 1])
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(len(batch))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert blocker_done.wait(60)
     after = client.get_inference_statistics(MODEL_NAME).model_stats[0]
     inferences = after.inference_count - before.inference_count
-    executions = after.execution_count - before.execution_count
-    assert inferences == len(batch)
-    assert executions < inferences, "dynamic batching formed no batch"
+    executions = after.execution_count - before.execution_count - 1  # less the blocker
+    assert inferences == len(batch) + config.max_batch_size
+    assert executions < len(batch), "dynamic batching formed no batch"
     local = run_local(local_model, batch)
     for i in range(len(batch)):
         assert_same(results[i], [out[i : i + 1] for out in local])
