@@ -2,6 +2,10 @@
 
 Each service runs in its own process group (``start_new_session``) so that stopping it
 also stops its children (gunicorn and Celery fork workers; Triton starts stub processes).
+
+A PID file holds the PID and the process's start time. PIDs are reused: after a reboot or a
+long time, the PID in an old file may belong to an unrelated process, and signalling its
+group would kill someone else's work. A PID whose start time differs is stale.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 
 @dataclass(frozen=True)
@@ -65,17 +71,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _started_at(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), None when there is none."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _write_pid_file(path: Path, pid: int) -> None:
+    path.write_text(f"{pid} {_started_at(pid)}")
+
+
 def running_pid(dirs: RunDirs, name: str) -> int | None:
-    """The PID of a service we started that is still alive, else None (stale files go)."""
+    """The PID of a service we started that is still alive, else None. A stale file (its
+    process gone, or its PID now another process's) is removed."""
     path = dirs.pid_file(name)
     if not path.exists():
         return None
     try:
-        pid = int(path.read_text().strip())
+        pid_text, started_text = path.read_text().split()
+        pid, started = int(pid_text), float(started_text)
     except ValueError:
         path.unlink(missing_ok=True)
         return None
-    if _alive(pid):
+    if _alive(pid) and _started_at(pid) == started:
         return pid
     path.unlink(missing_ok=True)
     return None
@@ -96,7 +116,7 @@ def start(service: Service, dirs: RunDirs) -> int:
             cwd=service.cwd,
             start_new_session=True,
         )
-    dirs.pid_file(service.name).write_text(str(proc.pid))
+    _write_pid_file(dirs.pid_file(service.name), proc.pid)
     deadline = time.monotonic() + service.ready_timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

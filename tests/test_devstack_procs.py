@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from devstack import procs
@@ -64,6 +65,25 @@ def test_stale_pid_file_is_ignored(tmp_path: Path) -> None:
     dirs.pids.mkdir(parents=True)
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()
-    dirs.pid_file("web").write_text(str(finished.pid))
+    procs._write_pid_file(dirs.pid_file("web"), finished.pid)
     assert procs.running_pid(dirs, "web") is None
     assert not dirs.pid_file("web").exists()
+    assert not procs.stop("web", dirs)
+
+
+def test_a_reused_pid_is_not_ours_and_is_never_signalled(tmp_path: Path) -> None:
+    """The PID in the file now belongs to another live process (PIDs are reused): the
+    stack must not think its service runs, and `stop` must not kill that process."""
+    dirs = procs.RunDirs(tmp_path)
+    dirs.pids.mkdir(parents=True)
+    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        # What our service's file would say if it had started earlier under the same PID.
+        earlier = psutil.Process(stranger.pid).create_time() - 3600
+        dirs.pid_file("web").write_text(f"{stranger.pid} {earlier}")
+        assert procs.running_pid(dirs, "web") is None
+        assert not procs.stop("web", dirs, timeout_s=1)
+        assert stranger.poll() is None, "stop() killed a process it did not start"
+    finally:
+        stranger.kill()
+        stranger.wait()
