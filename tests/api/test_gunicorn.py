@@ -10,11 +10,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from devstack.ports import free_port, port_open, wait_until
 from inspectq.config import Settings
@@ -76,7 +76,7 @@ def test_chunked_body_over_the_limit_is_413(gunicorn: tuple[subprocess.Popen, in
 
 
 def test_sigterm_drains_an_in_flight_long_poll(
-    gunicorn: tuple[subprocess.Popen, int],
+    gunicorn: tuple[subprocess.Popen, int], settings: Settings,
 ) -> None:
     proc, port = gunicorn
     status, body = request(port, "POST", "/v1/jobs", body=image_bytes(),
@@ -88,8 +88,13 @@ def test_sigterm_drains_an_in_flight_long_poll(
     poll = threading.Thread(
         target=lambda: results.append(request(port, "GET", f"/v1/jobs/{job_id}?wait=3"))
     )
-    poll.start()
-    time.sleep(1.0)  # the long-poll is now in flight
+    # Signal only once the long-poll is in flight: its handler has read the job's record
+    # (seen on Redis' MONITOR stream) and now waits for the job to end.
+    watcher = redis.Redis.from_url(settings.redis_url, socket_timeout=20)
+    with watcher.monitor() as commands:
+        poll.start()
+        while f"inspectq:job:{job_id}" not in commands.next_command()["command"]:
+            pass
     proc.send_signal(signal.SIGTERM)
     poll.join(timeout=20)
     assert results and results[0][0] == 200 and b'"status":"queued"' in results[0][1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from tests.workers.conftest import (
     submit,
     wait_for,
 )
-from tests.workers.triton_server import CLASSES, fixture_sha256
+from tests.workers.triton_server import CLASSES, TritonProcess, fixture_sha256
 from workers import deadletter
 from workers.app import create_app
 from workers.infer import TileOutputs, TritonModel
@@ -245,7 +244,9 @@ class ModelThatFindsNothing(TritonModel):
                            image_score=np.zeros(count, np.float32), info=self.current_info())
 
 
-def test_two_runs_in_flight_together_leave_one_consistent_outcome(services: Services) -> None:
+def test_two_runs_in_flight_together_leave_one_consistent_outcome(
+    services: Services, triton: TritonProcess
+) -> None:
     """A redelivery racing the first run, with a model switch between them: the run that
     records first wins, and the mask clients read is that run's, not the last one written."""
     import threading
@@ -254,10 +255,10 @@ def test_two_runs_in_flight_together_leave_one_consistent_outcome(services: Serv
     image[100:120, 60:200] = (255, 0, 0)  # ...and finds a scratch
     job_id = submit(services, png(image))
     first_run: list[object] = []
+    started = triton.slow_requests()
     slow = threading.Thread(target=lambda: first_run.append(inspect_job(services, job_id)))
     slow.start()
-    wait_for(lambda: services.jobs.get(job_id).status is Status.PROCESSING, 10, "run 1")
-    time.sleep(1.0)  # run 1 is inside Triton now
+    wait_for(lambda: triton.slow_requests() > started, 20, "run 1 inside Triton")
     switched = replace(services, model=ModelThatFindsNothing(
         services.settings.triton_url, services.settings.triton_model, 16, 10))
     second = inspect_job(switched, job_id)  # run 2 records first

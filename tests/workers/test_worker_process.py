@@ -28,6 +28,7 @@ from tests.workers.conftest import (
     submit,
     wait_for,
 )
+from tests.workers.triton_server import TritonProcess
 from workers.app import create_app
 from workers.reconcile import reconcile
 from workers.services import Services
@@ -45,9 +46,17 @@ class TouchFile:
         return (Path.touch, (self.path,))
 
 
-def _processing_then_inside_triton(services: Services, job_id: str) -> None:
-    wait_for(lambda: job_status(services.jobs, job_id) is Status.PROCESSING, 20, "processing")
-    time.sleep(1.0)  # the fixture model sleeps 3 s on this image: we are mid-inference
+def _enqueue_then_wait_inside_triton(services: Services, settings: Settings,
+                                     triton: TritonProcess, *job_ids: str) -> None:
+    """Enqueue ``job_ids`` and return once the first (a slow image: the fixture model
+    sleeps 3 s on it) is processing and its request has started inside Triton."""
+    started = triton.slow_requests()
+    app = create_app(settings)
+    for job_id in job_ids:
+        enqueue_inspection(app, job_id)
+    wait_for(lambda: job_status(services.jobs, job_ids[0]) is Status.PROCESSING, 20,
+             "processing")
+    wait_for(lambda: triton.slow_requests() > started, 20, "the request inside Triton")
 
 
 def test_pickled_message_is_refused_and_the_worker_keeps_working(
@@ -71,12 +80,12 @@ def test_pickled_message_is_refused_and_the_worker_keeps_working(
 
 
 def test_sigkill_mid_inference_is_redelivered_and_completes_once(
-    services: Services, settings: Settings, start_worker: StartWorker
+    services: Services, settings: Settings, start_worker: StartWorker,
+    triton: TritonProcess,
 ) -> None:
     worker = start_worker(settings)
     job_id = submit(services, png(slow_image(seed=1)))
-    enqueue_inspection(create_app(settings), job_id)
-    _processing_then_inside_triton(services, job_id)
+    _enqueue_then_wait_inside_triton(services, settings, triton, job_id)
     [child] = worker.children()
     os.kill(child, signal.SIGKILL)  # the pool process running the job dies
     done = wait_for(lambda: services.jobs.get(job_id).status.terminal and
@@ -88,7 +97,8 @@ def test_sigkill_mid_inference_is_redelivered_and_completes_once(
 
 
 def test_whole_worker_killed_then_another_worker_finishes_the_job(
-    services: Services, settings: Settings, start_worker: StartWorker
+    services: Services, settings: Settings, start_worker: StartWorker,
+    triton: TritonProcess,
 ) -> None:
     """The node dies: nobody requeues the message; Redis redelivers it after the
     visibility timeout, and a fresh worker completes the job."""
@@ -96,8 +106,7 @@ def test_whole_worker_killed_then_another_worker_finishes_the_job(
         "task_soft_time_limit_s": 6, "task_time_limit_s": 7, "visibility_timeout_s": 8})
     first = start_worker(short)
     job_id = submit(services, png(slow_image(seed=2)))
-    enqueue_inspection(create_app(short), job_id)
-    _processing_then_inside_triton(services, job_id)
+    _enqueue_then_wait_inside_triton(services, short, triton, job_id)
     first.kill()
     start_worker(short)
     done = wait_for(lambda: services.jobs.get(job_id).status.terminal and
@@ -106,13 +115,13 @@ def test_whole_worker_killed_then_another_worker_finishes_the_job(
 
 
 def test_sigterm_hands_the_running_job_back_within_the_grace_period(
-    services: Services, settings: Settings, start_worker: StartWorker
+    services: Services, settings: Settings, start_worker: StartWorker,
+    triton: TritonProcess,
 ) -> None:
     graced = settings.model_copy(update={"worker_shutdown_grace_s": 1.0})
     worker = start_worker(graced, extra_env={"REMAP_SIGTERM": "SIGQUIT"})
     job_id = submit(services, png(slow_image(seed=3)))
-    enqueue_inspection(create_app(graced), job_id)
-    _processing_then_inside_triton(services, job_id)
+    _enqueue_then_wait_inside_triton(services, graced, triton, job_id)
     stopped_at = time.monotonic()
     worker.process.send_signal(signal.SIGTERM)
     worker.process.wait(timeout=15)
@@ -146,7 +155,8 @@ def test_a_retry_held_by_a_worker_that_dies_still_runs(
 
 
 def test_a_worker_that_dies_strands_no_second_message(
-    services: Services, settings: Settings, start_worker: StartWorker
+    services: Services, settings: Settings, start_worker: StartWorker,
+    triton: TritonProcess,
 ) -> None:
     """Kill point: the worker runs one job while the next waits. With prefetch 1 and fair
     dispatch the waiting message stays in the queue (a worker holds no message it is not
@@ -156,10 +166,7 @@ def test_a_worker_that_dies_strands_no_second_message(
     doomed = start_worker(short)  # one pool process
     running = submit(services, png(slow_image(seed=6)))
     waiting = submit(services, png(strip_with_scratch(seed=25)))
-    app = create_app(short)
-    enqueue_inspection(app, running)
-    enqueue_inspection(app, waiting)
-    _processing_then_inside_triton(services, running)
+    _enqueue_then_wait_inside_triton(services, short, triton, running, waiting)
     assert services.redis.hlen("unacked") == 1 and services.redis.llen(QUEUE) == 1
     assert job_status(services.jobs, waiting) is Status.QUEUED
     doomed.kill()

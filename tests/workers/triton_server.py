@@ -58,6 +58,11 @@ class TritonProcess:
     http_port: int
     log_path: Path
 
+    def slow_requests(self) -> int:
+        """How many "slow" requests (see fixture_model/model.py) have started so far."""
+        path = self.log_path.parent / "slow-requests.log"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
     def stop(self) -> None:
         self.process.terminate()
         try:

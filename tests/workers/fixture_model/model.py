@@ -5,15 +5,19 @@
   ("pit"); ``defect_prob`` is 0.95 on them and 0.02 elsewhere;
 * ``image_score`` is 0.95 for a tile holding any defect pixel, else 0.05;
 * a tile whose first row is all (1, 2, 3) is "slow": its request sleeps SLOW_S seconds, for
-  tests that kill or stop a worker mid-inference.
+  tests that kill or stop a worker mid-inference. It first appends a line to SLOW_LOG (in
+  the server's work dir), so a test waits for "the request is inside Triton" as an event.
 """
 
 import time
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 SLOW_S = 3.0
+#: <workdir>/models/inspectq_seg/1/model.py -> <workdir>/slow-requests.log
+SLOW_LOG = Path(__file__).resolve().parents[3] / "slow-requests.log"
 
 
 class TritonPythonModel:
@@ -30,6 +34,8 @@ class TritonPythonModel:
             score = np.where(defect.reshape(len(images), -1).any(axis=1), 0.95, 0.05)
             slow_row = (images[:, 0, 0] == 1) & (images[:, 1, 0] == 2) & (images[:, 2, 0] == 3)
             if slow_row.all(axis=1).any():
+                with SLOW_LOG.open("a") as log:
+                    log.write(f"{time.time()}\n")
                 time.sleep(SLOW_S)
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("class_map", class_map),
