@@ -138,15 +138,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """A real ``celery -A workers.main worker`` (prefork, -O fair) in its own process group."""
+    """A real ``celery -A workers.main worker`` (prefork, -O fair) in its own process group
+    (``app``: another app module, e.g. ``tests.workers.paused_worker``)."""
 
     def __init__(self, settings: Settings, log_path: Path, *, concurrency: int = 1,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, app: str = "workers.main") -> None:
         env = {**settings_env(settings), **(extra_env or {})}
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-Q", "inspectq",
+            [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", "inspectq",
              "-O", "fair",
              "--concurrency", str(concurrency), "--pool", "prefork", "-l", "INFO",
              "--without-gossip", "--without-mingle", "--without-heartbeat",

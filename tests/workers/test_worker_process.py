@@ -15,7 +15,7 @@ from kombu import Connection
 
 from inspectq.config import Settings
 from inspectq.jobs import JobRecord, Status
-from inspectq.keyspace import QUEUE
+from inspectq.keyspace import QUEUE, keys_for
 from inspectq.queue import INSPECT_TASK, enqueue_inspection
 from tests.workers.conftest import (
     CLOSED_PORT_URL,
@@ -175,6 +175,33 @@ def test_a_worker_that_dies_strands_no_second_message(
         done = wait_for(lambda job_id=job_id: (r := services.jobs.get(job_id)).status.terminal
                         and r, 60, "job to end on the new worker")
         assert done.status is Status.DONE, done.error
+
+
+def test_a_kill_between_the_outcome_write_and_the_ack_keeps_the_one_outcome(
+    services: Services, settings: Settings, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    """Kill point: the outcome is in S3 but the message is not acked yet when the pool
+    process dies. The broker hands the message out again; that delivery finds the job
+    done and leaves it so: one outcome (the recorded one), no second run, nothing queued."""
+    paused = tmp_path / "outcome-written"
+    worker = start_worker(settings, app="tests.workers.paused_worker",
+                          extra_env={"INSPECTQ_TEST_PAUSED_FILE": str(paused)})
+    job_id = submit(services, png(strip_with_scratch(seed=26)))
+    enqueue_inspection(create_app(settings), job_id)
+    wait_for(paused.exists, 30, "the outcome written, the ack not yet sent")
+    recorded = services.store.get(keys_for(job_id).result)
+    assert recorded is not None
+    assert services.redis.hlen("unacked") == 1  # the broker still holds the message
+    [child] = worker.children()
+    os.kill(child, signal.SIGKILL)
+    wait_for(lambda: f"job {job_id} already done; duplicate delivery ignored" in worker.log(),
+             30, "the message delivered again")
+    wait_for(lambda: services.redis.hlen("unacked") == 0 and services.redis.llen(QUEUE) == 0,
+             30, "the message acked")
+    assert services.store.get(keys_for(job_id).result) == recorded  # never rewritten
+    final = services.jobs.get(job_id)
+    assert final.status is Status.DONE and final.result.decision == "REJECT"
+    assert final.to_json().encode() == recorded
 
 
 def test_triton_down_job_goes_retrying_then_failed(
