@@ -5,7 +5,7 @@ MODEL_VENV := .venv-model
 PY := $(VENV)/bin/python
 MODEL_PY := $(MODEL_VENV)/bin/python
 
-.PHONY: venv demo up down status test test-fast lint bench chaos large train clean
+.PHONY: venv demo up down status test test-fast lint bench chaos large alerts-sim train clean
 
 ## venv: the service env (api, worker, dev tools; no torch) and the model env (torch, Triton)
 venv: $(VENV)/.installed $(MODEL_VENV)/.installed
@@ -54,6 +54,10 @@ chaos: venv
 ## large: 12 MP and 40 MP images, alone and several at once (time to result, all done)
 large: venv
 	$(PY) -m devstack large
+
+## alerts-sim: false alerts per week and detection delays of the line-health monitor (vs the old rule)
+alerts-sim: venv
+	$(PY) -m devstack.alerts_sim
 
 ## train: retrain the shipped model from its seed into var/retrain/1 (~10 min on 2 cores);
 ## install it with `$(MODEL_PY) -m triton_models.byom install var/retrain/1/model.pt`
