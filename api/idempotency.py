@@ -7,6 +7,12 @@ an S3 key, only its digest. Claims carry a fingerprint of the request (the image
 and every option: line, camera, thresholds, metadata), so reusing a key for a different
 image or different parameters is refused (422), as payment APIs do, instead of silently
 answering with a job made from other inputs.
+
+A request that dies after claiming a key and before recording its job (the API process
+killed) must not leave the key answering 409 forever: once the claim is
+``CLAIM_ABANDONED_AFTER_S`` old, a retry *adopts* the claimed job id and accepts the image
+under it. Adopting, rather than deleting and re-claiming, keeps concurrent retries safe: they
+all build the same job, whose one outcome the conditional result write guarantees.
 """
 
 from __future__ import annotations
@@ -27,6 +33,12 @@ log = logging.getLogger(__name__)
 _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
+#: A claim this old whose job has no record belongs to a request that died between claiming
+#: the key and recording the job (an API process killed mid-ingest); accepting takes a few
+#: milliseconds there, so 30 s is far beyond a slow but live request.
+CLAIM_ABANDONED_AFTER_S = 30.0
+
+
 @dataclass(frozen=True)
 class Claim:
     job_id: str
@@ -34,11 +46,17 @@ class Claim:
     #: sha256 of the whole request (see :func:`request_fingerprint`); "" in claims written
     #: before it existed, which are compared by image only.
     request_sha256: str = ""
+    #: Unix time of the claim (0 in claims written before it was recorded).
+    claimed_at: float = 0.0
 
     def matches(self, other: Claim) -> bool:
         if self.request_sha256 and other.request_sha256:
             return self.request_sha256 == other.request_sha256
         return self.image_sha256 == other.image_sha256
+
+    def abandoned(self, now: float) -> bool:
+        """True when the claim is old enough that a job without a record never got one."""
+        return now - self.claimed_at > CLAIM_ABANDONED_AFTER_S
 
 
 def request_fingerprint(image_sha256: str, options: dict[str, Any]) -> str:

@@ -12,6 +12,11 @@ A failure in 2 or 3 leaves at most an orphan image, never a job. A failure in 4 
 the job ``failed`` (reason ``ingest_failed``) and releases its idempotency claim, best
 effort; if even that fails, the ``pending/`` entry keeps the job on the reconciler's list,
 so it is run later rather than lost. The client gets 503 in all these cases.
+
+A process killed outright (SIGKILL, a lost node) answers nothing, and the client retries:
+killed between 4 and 5, the ``pending/`` entry puts the job on the reconciler's list and a
+retry with the same key gets that job back; killed between 3 and 4, the claim names a job
+with no record, and a retry adopts it once the claim is abandoned (``api.idempotency``).
 """
 
 from __future__ import annotations
@@ -79,16 +84,24 @@ def accept(
     the start of the request, for the record's ``ingest_ms``."""
     job_id = new_job_id()
     mine = Claim(job_id=job_id, image_sha256=image.sha256,
-                 request_sha256=request_fingerprint(image.sha256, options.as_sent()))
+                 request_sha256=request_fingerprint(image.sha256, options.as_sent()),
+                 claimed_at=time.time())
+    adopted = False
     if idempotency_key is not None:
         existing = svc.claims.find(tenant, idempotency_key)
         if existing is not None:
-            return _replay(svc, existing, mine, tenant)
+            if not existing.matches(mine):
+                raise mismatch()
+            if svc.jobs.get(existing.job_id) is not None or not existing.abandoned(time.time()):
+                return _replay(svc, existing, mine, tenant)
+            # The request that claimed the key died before recording its job: build that job.
+            log.warning("job %s: adopting an abandoned Idempotency-Key claim", existing.job_id)
+            job_id, adopted = existing.job_id, True
 
     keys = keys_for(job_id)
     svc.store.put(keys.image, image.data, image.content_type)
 
-    if idempotency_key is not None:
+    if idempotency_key is not None and not adopted:
         winner = svc.claims.claim(tenant, idempotency_key, mine)
         if winner.job_id != job_id:
             _forget_image(svc, keys.image)

@@ -3,6 +3,7 @@ a flushed Redis database for each test of a folder whose ``settings`` fixture na
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +15,22 @@ from devstack import seaweed
 from devstack.ports import free_port, port_open, wait_until
 from inspectq.config import Settings
 
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--require-torch", action="store_true",
                      help="fail, instead of skipping, when the model tests cannot import torch")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes ``Settings()`` in a subprocess equal ``settings``."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"INSPECTQ_{name.upper()}"] = str(value)
+    return env
 
 
 TEST_ACCESS_KEY = "inspectq-test"

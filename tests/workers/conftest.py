@@ -19,7 +19,7 @@ import redis
 from inspectq.config import Settings
 from inspectq.jobs import ImageRef, JobRecord, JobStore, Status, new_job_id, utc_now
 from inspectq.keyspace import PENDING_PREFIX, keys_for
-from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, settings_env
 from tests.workers.triton_server import TritonProcess, start_triton
 from workers.services import Services, build_services
 
@@ -123,18 +123,6 @@ def wait_for(check: Callable[[], object], timeout_s: float, what: str) -> object
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes ``Settings()`` in a subprocess equal ``settings``."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"INSPECTQ_{name.upper()}"] = str(value)
-    return env
 
 
 class WorkerProcess:

@@ -297,7 +297,7 @@ def test_ops_commands_list_replay_and_reconcile(
     import subprocess
     import sys
 
-    from tests.workers.conftest import settings_env
+    from tests.conftest import settings_env
 
     env = settings_env(services.settings)
     job_id = submit(services, png(strip_with_scratch(seed=17)))
