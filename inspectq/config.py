@@ -121,6 +121,22 @@ class Settings(BaseSettings):
         default=False, description="Count REVIEW as defective in the alert rate, not only REJECT."
     )
 
+    # --- Results index ---
+    database_url: str = Field(
+        default="sqlite:///var/index.sqlite3",
+        description="SQLAlchemy URL of the results index (inspectq.index). The default, a "
+        "SQLite file under var/, needs no setup for local use; production uses PostgreSQL: "
+        "postgresql+psycopg://user:password@host:5432/inspectq.",
+    )
+    retention_days: int = Field(
+        default=0, ge=0,
+        description="Days a job stays in the results index (and its partitions on "
+        "PostgreSQL); 0 keeps every job forever.",
+    )
+    index_batch_size: int = Field(
+        default=500, ge=1, description="Job records written to the index per round trip."
+    )
+
     @field_validator("s3_endpoint_url")
     @classmethod
     def _empty_endpoint_means_aws(cls, value: str | None) -> str | None:
