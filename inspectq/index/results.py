@@ -51,6 +51,9 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MAX_PAGE = 1000
 #: Most buckets one line_stats call may make (a month of minutes is 43,200).
 MAX_BUCKETS = 50_000
+#: How far back a listing looks first, then next, before it reads all of the history
+#: (see ResultsIndex._newest).
+_WINDOWS = (timedelta(days=1), timedelta(days=7), timedelta(days=35))
 _BUCKET_MINUTES = {"minute": 1, "hour": 60, "day": 1440}
 _SQLITE_BUCKET = {"minute": "%Y-%m-%d %H:%M:00", "hour": "%Y-%m-%d %H:00:00",
                   "day": "%Y-%m-%d 00:00:00"}
@@ -251,42 +254,29 @@ EXPORT_COLUMN_DOCS: dict[str, str] = {
 }
 
 
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+def _joined(json_list: str) -> str:
+    return "" if json_list == "[]" else ";".join(json.loads(json_list))
 
 
-def export_row(row: Any) -> dict[str, Any]:
-    """A job's flat export row, keyed by EXPORT_COLUMNS in order."""
-    return {
-        "id": row.id,
-        "created_at": iso(row.created_at),
-        "finished_at": iso(row.finished_at),
-        "line": row.line,
-        "camera": row.camera,
-        "batch_id": row.batch_id,
-        "status": row.status,
-        "decision": row.decision,
-        "score": row.score,
-        "error_code": row.error_code,
-        "defect_count": row.defect_count,
-        "defect_classes": ";".join(row.defect_classes),
-        "defects": _compact(row.defects),
-        "regions": _compact(row.regions),
-        "model_name": row.model_name,
-        "model_version": row.model_version,
-        "model_sha256": row.model_sha256,
-        "pass_threshold": row.pass_threshold,
-        "reject_threshold": row.reject_threshold,
-        "image_width": row.image_width,
-        "image_height": row.image_height,
-        "image_sha256": row.image_sha256,
-        "quality_issues": ";".join(row.quality_issues),
-        "feedback": row.feedback,
-        "feedback_decision": row.feedback_decision,
-        "feedback_at": iso(row.feedback_at),
-        "feedback_by": row.feedback_by,
-        "metadata": _compact(row.metadata),
-    }
+#: What an export reads, in EXPORT_COLUMNS order, the JSON columns as their text (an export
+#: writes JSON out again, so decoding it would be wasted: it was most of the work), and how
+#: each value becomes its export value (None: as it is).
+_EXPORT_SELECT = [sa.cast(jobs.c[name], sa.Text).label(name)
+                  if isinstance(jobs.c[name].type, sa.JSON) else jobs.c[name]
+                  for name in EXPORT_COLUMN_DOCS]
+_EXPORT_CONVERT: list[Callable[[Any], Any] | None] = [
+    iso if isinstance(jobs.c[name].type, UTCDateTime)
+    else _joined if name in ("defect_classes", "quality_issues")
+    else None
+    for name in EXPORT_COLUMN_DOCS]
+
+
+def export_row(row: Sequence[Any]) -> dict[str, Any]:
+    """A job's flat export row, keyed by EXPORT_COLUMNS in order, from a row of
+    _EXPORT_SELECT."""
+    return {name: value if convert is None or value is None else convert(value)
+            for name, convert, value in zip(EXPORT_COLUMN_DOCS, _EXPORT_CONVERT, row,
+                                            strict=True)}
 
 
 # --- Cursors -----------------------------------------------------------------------------
@@ -633,7 +623,45 @@ class ResultsIndex:
         return sa.and_(c.created_at <= created_at,
                        sa.or_(c.created_at < created_at, c.id < job_id))
 
-    def _newest_first(self, columns: Sequence[Any], where: list[sa.ColumnElement[bool]],
+    def _newest(self, columns: Sequence[Any], where: list[sa.ColumnElement[bool]],
+                limit: int, filters: JobFilter,
+                position: tuple[datetime, str] | None) -> list[Any]:
+        """The first ``limit`` rows matching ``where`` in the newest-first order after
+        ``position`` (created_at, id), or from the newest when None.
+
+        It asks the recent past first: the rows at or after ``top - window`` (``top`` the
+        position's time, else ``until``, else now) for each window in _WINDOWS, then all of
+        them. A window that yields ``limit`` rows holds exactly the answer, since every row
+        outside it is older than every row in it. On PostgreSQL the bound lets the planner
+        skip all older day partitions: planning a query over every partition costs more
+        than running it (~0.4 ms a partition), and most pages come from the newest day.
+        """
+        where = list(where)
+        if position is not None:
+            where.append(self._after(*position))
+        top = position[0] if position is not None else (
+            as_utc(filters.until) if filters.until is not None else datetime.now(UTC))
+        since = as_utc(filters.since) if filters.since is not None else None
+        statements = []
+        for window in _WINDOWS:
+            bound = top - window
+            if since is not None and since >= bound:
+                break  # the filter's own bound is narrower: the plain query is as cheap
+            statements.append(self._newest_first(
+                columns, [*where, jobs.c.created_at >= bound], limit))
+        statements.append(self._newest_first(columns, where, limit))
+
+        def read(conn: sa.Connection) -> list[Any]:
+            for statement in statements:
+                rows = conn.execute(statement).all()
+                if len(rows) >= limit:
+                    break
+            return rows
+
+        return self._run(read)
+
+    @staticmethod
+    def _newest_first(columns: Sequence[Any], where: list[sa.ColumnElement[bool]],
                       limit: int) -> sa.Select[Any]:
         return (sa.select(*columns).where(*where)
                 .order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit))
@@ -656,11 +684,9 @@ class ResultsIndex:
         """
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be 1..{MAX_PAGE}")
-        where = self._where(tenant, filters)
-        if cursor is not None:
-            where.append(self._after(*decode_cursor(cursor)))
-        statement = self._newest_first(_SUMMARY_COLUMNS, where, limit + 1)
-        rows = self._run(lambda conn: conn.execute(statement).all())
+        position = decode_cursor(cursor) if cursor is not None else None
+        rows = self._newest(_SUMMARY_COLUMNS, self._where(tenant, filters), limit + 1, filters,
+                            position)
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
@@ -673,12 +699,9 @@ class ResultsIndex:
         if chunk < 1:
             raise ValueError("chunk must be at least 1")
         base = self._where(tenant, filters)
-        columns = [c for c in jobs.c if c.name != "tenant"]
         position: tuple[datetime, str] | None = None
         while True:
-            where = base if position is None else [*base, self._after(*position)]
-            statement = self._newest_first(columns, where, chunk)
-            rows = self._run(lambda conn, s=statement: conn.execute(s).all())
+            rows = self._newest(_EXPORT_SELECT, base, chunk, filters, position)
             for row in rows:
                 yield export_row(row)
             if len(rows) < chunk:

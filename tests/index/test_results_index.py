@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import random
 import threading
 import time
@@ -238,6 +239,31 @@ def test_every_page_of_every_filter_holds_exactly_the_matching_jobs(
     assert index.list_jobs("nobody", JobFilter()).jobs == []
 
 
+def test_listings_reach_back_through_the_whole_history(
+        index: ResultsIndex, now: datetime) -> None:
+    """Listings look at the last day, week and five weeks first: pages that straddle those
+    windows, sparse filters and jobs dated ahead of the clock still come out exactly."""
+    rng = random.Random(21)
+    offsets = [timedelta(hours=rng.uniform(-30, 24 * 90)) for _ in range(150)]
+    offsets += [timedelta(hours=h) for h in (23.9, 24.1, 24 * 7 - 0.1, 24 * 7 + 0.1, 24 * 35)]
+    records = [make_record(tenant=TENANT, created_at=now - offset, line=rng.choice(LINES),
+                           decision=rng.choice([Decision.PASS] * 8 + [Decision.REJECT]))
+               for offset in offsets]
+    records.append(make_record(tenant=OTHER, created_at=now - timedelta(days=3)))
+    index.upsert(records)
+    for filters in (JobFilter(), JobFilter(decision=Decision.REJECT),
+                    JobFilter(line="line-2", decision=Decision.REJECT),
+                    JobFilter(until=now - timedelta(days=20)),
+                    JobFilter(since=now - timedelta(days=10)),
+                    JobFilter(since=now - timedelta(days=50), until=now - timedelta(days=6)),
+                    JobFilter(line="no-such-line")):
+        expected = newest_first([r for r in records
+                                 if r.tenant == TENANT and matches(r, filters, {})])
+        for limit in (1, 7, 200):
+            assert [j["id"] for j in walk(index, TENANT, filters, limit)] == expected
+        assert [r["id"] for r in index.iter_rows(TENANT, filters, chunk=6)] == expected
+
+
 def test_since_is_inclusive_and_until_exclusive(index: ResultsIndex, now: datetime) -> None:
     times = [now - timedelta(seconds=s) for s in (40, 30, 30, 20, 10)]
     records = [make_record(tenant=TENANT, created_at=t) for t in times]
@@ -327,7 +353,10 @@ def test_export_rows_are_flat_one_per_job(index: ResultsIndex, now: datetime) ->
         assert row["decision"] == (decision_of(record) or "")
         classes = sorted({d.class_name for d in record.result.defects}) if record.result else []
         assert row["defect_classes"] == ";".join(classes)
-        assert row["metadata"] == '{"part":"A-17","shift":2}'
+        assert json.loads(row["metadata"]) == record.metadata
+        counts = Counter(d.class_name for d in record.result.defects) if record.result else {}
+        assert json.loads(row["defects"]) == counts
+        assert len(json.loads(row["regions"])) == sum(counts.values())
         if record.result and record.result.quality.issues:
             assert row["quality_issues"] == "blank"
 
