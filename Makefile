@@ -5,7 +5,7 @@ MODEL_VENV := .venv-model
 PY := $(VENV)/bin/python
 MODEL_PY := $(MODEL_VENV)/bin/python
 
-.PHONY: venv demo up down status test test-fast lint bench chaos large alerts-sim train clean
+.PHONY: venv demo up down status test test-fast lint bench chaos large alerts-sim index-bench train clean
 
 ## venv: the service env (api, worker, dev tools; no torch) and the model env (torch, Triton)
 venv: $(VENV)/.installed $(MODEL_VENV)/.installed
@@ -58,6 +58,10 @@ large: venv
 ## alerts-sim: false alerts per week and detection delays of the line-health monitor (vs the old rule)
 alerts-sim: venv
 	$(PY) -m devstack.alerts_sim
+
+## index-bench: the results index on PostgreSQL with 10 M jobs (writes, listings, line stats, export)
+index-bench: venv
+	$(PY) -m devstack.index_bench
 
 ## train: retrain the shipped model from its seed into var/retrain/1 (~10 min on 2 cores);
 ## install it with `$(MODEL_PY) -m triton_models.byom install var/retrain/1/model.pt`
