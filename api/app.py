@@ -20,6 +20,7 @@ from api.ratelimit import install_rate_limits
 from api.routes.batches import add_batch_routes
 from api.routes.common import raise_validation_error
 from api.routes.jobs import add_job_routes
+from api.routes.results import add_results_routes
 from api.services import Services
 from api.uploads import FORM_OVERHEAD_BYTES
 from inspectq.config import Settings
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     v1.before_request(require_api_key)
     add_job_routes(v1, spec)
     add_batch_routes(v1, spec)
+    add_results_routes(v1, spec)
     install_rate_limits(app, settings, v1)
     app.register_blueprint(v1)
     app.register_blueprint(health_blueprint())

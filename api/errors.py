@@ -13,6 +13,7 @@ from flask import Flask, Response, g, jsonify
 from kombu.exceptions import OperationalError as BrokerError
 from werkzeug.exceptions import HTTPException
 
+from inspectq.index import IndexUnavailable
 from inspectq.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,14 @@ def register_error_handlers(app: Flask) -> None:
     def _redis_down(error: redis.exceptions.RedisError) -> Response:
         log.warning("Redis unavailable: %s", error)
         return error_response(unavailable("queue"))
+
+    @app.errorhandler(IndexUnavailable)
+    def _index_down(error: IndexUnavailable) -> Response:
+        log.warning("Results index unavailable: %s", error)
+        return error_response(ApiError(
+            503, "index_unavailable", "The results index is unreachable; ingest and job"
+            " status still work. Retry later.",
+            headers={"Retry-After": str(OUTAGE_RETRY_AFTER_S)}))
 
     @app.errorhandler(BrokerError)
     def _broker_down(error: BrokerError) -> Response:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -19,8 +20,9 @@ from pydantic import (
 )
 from werkzeug.datastructures import FileStorage
 
+from inspectq.feedback import Feedback
 from inspectq.jobs import RetryState, Status
-from inspectq.result import InspectionResult
+from inspectq.result import Decision, InspectionResult
 
 #: Production line and camera ids. They appear in records and metrics, never in S3 keys,
 #: and the strict pattern keeps them from smuggling anything anywhere.
@@ -190,6 +192,11 @@ class JobErrorOut(BaseModel):
     message: str
 
 
+class FeedbackOut(BaseModel):
+    latest: Feedback = Field(description="The entry that counts.")
+    history: list[Feedback] = Field(description="Every entry, oldest first.")
+
+
 class JobOut(BaseModel):
     """What ``GET /v1/jobs/<id>`` answers (``JobRecord.public()``)."""
 
@@ -204,6 +211,10 @@ class JobOut(BaseModel):
     result: InspectionResult | None = Field(default=None, description="When done.")
     error: JobErrorOut | None = Field(default=None, description="When failed: why.")
     retry: RetryState | None = Field(default=None, description="While retrying.")
+    feedback: FeedbackOut | None = Field(
+        default=None, description="Operator feedback, once given (POST .../feedback)."
+    )
+
 
 
 class ErrorDetail(BaseModel):
@@ -214,3 +225,126 @@ class ErrorDetail(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorDetail
+
+
+# --- The results index: listings, exports, line statistics, batches ---------------------
+
+
+class JobFilterQuery(BaseModel):
+    """Filters shared by ``GET /v1/jobs`` and ``GET /v1/exports`` (all optional; every one
+    given must match). Times are ISO 8601; without a zone they are UTC."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    line: str | None = Field(default=None, pattern=NAME_PATTERN)
+    camera: str | None = Field(default=None, pattern=NAME_PATTERN)
+    decision: Decision | None = None
+    status: Literal["done", "failed"] | None = Field(
+        default=None, description="Only ended jobs are indexed."
+    )
+    since: datetime | None = Field(default=None, description="Created at or after.")
+    until: datetime | None = Field(default=None, description="Created before.")
+    feedback: Literal["none", "any", "confirm", "correct"] | None = Field(
+        default=None, description="none: not reviewed yet; any; or the latest verdict."
+    )
+    batch_id: str | None = Field(default=None, max_length=64)
+
+
+class JobListQuery(JobFilterQuery):
+    limit: int = Field(default=50, ge=1, le=1000)
+    cursor: str | None = Field(
+        default=None, max_length=200, description="next_cursor of the previous page."
+    )
+
+
+class ExportQuery(JobFilterQuery):
+    format: Literal["csv", "jsonl"] = "csv"
+
+
+class JobSummary(BaseModel):
+    """One ended job as the index holds it."""
+
+    id: str
+    line: str
+    camera: str | None
+    batch_id: str | None
+    status: Literal["done", "failed"]
+    created_at: str
+    finished_at: str | None
+    decision: Decision | None
+    score: float | None
+    defects: dict[str, int] = Field(description="Regions per defect class.")
+    defect_count: int
+    error_code: str | None
+    model_version: str | None
+    thresholds: dict[str, float | None]
+    feedback: dict[str, Any] | None = Field(
+        description="The latest verdict: {verdict, decision, at, by}, or null."
+    )
+
+
+class JobPage(BaseModel):
+    jobs: list[JobSummary] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+class LineOut(BaseModel):
+    name: str
+    cameras: list[str]
+    last_seen: str | None
+    total: int
+    PASS: int
+    REVIEW: int
+    REJECT: int
+    failed: int
+
+
+class LinesOut(BaseModel):
+    lines: list[LineOut]
+
+
+class LinesQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: datetime | None = Field(default=None, description="Count jobs from this time on.")
+
+
+class StatsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: datetime | None = Field(default=None, description="Default: 24 hours before until.")
+    until: datetime | None = Field(default=None, description="Default: now.")
+    bucket: Literal["minute", "hour", "day"] = "hour"
+
+
+class Counts(BaseModel):
+    total: int
+    PASS: int
+    REVIEW: int
+    REJECT: int
+    failed: int
+    review_rate: float | None = Field(description="REVIEW / decided jobs.")
+    reject_rate: float | None = Field(description="REJECT / decided jobs.")
+    images_per_min: float
+
+
+class BucketCounts(Counts):
+    start: str = Field(description="The bucket's start (UTC).")
+
+
+class LineStatsOut(BaseModel):
+    line: str
+    bucket: Literal["minute", "hour", "day"]
+    since: str
+    until: str
+    buckets: list[BucketCounts] = Field(description="The non-empty buckets, oldest first.")
+    cameras: dict[str, Counts] = Field(description='Per camera ("" = none) over the range.')
+    totals: Counts
+
+
+class BatchOut(BaseModel):
+    batch_id: str
+    jobs: list[JobOut] = Field(description="In submission order.")
+    counts: dict[str, dict[str, int]] = Field(
+        description='{"status": {status: n}, "decision": {decision: n}}'
+    )

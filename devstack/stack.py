@@ -21,13 +21,14 @@ from pydantic import SecretStr
 from devstack import procs, seaweed
 from devstack.ports import free_port, http_ok, port_open, wait_until
 from inspectq.config import Settings
+from inspectq.index import JobFilter, ResultsIndex
 from inspectq.keyspace import QUEUE
 from inspectq.queue import make_celery
 from inspectq.storage import ObjectStore
 
 REPO = Path(__file__).resolve().parent.parent
 #: Start order; ``down`` stops in reverse.
-ORDER = ("redis", "s3", "triton", "worker", "beat", "api")
+ORDER = ("redis", "s3", "triton", "worker", "beat", "indexer", "api")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def isolated_config(var_dir: Path, redis_db: int, **overrides: Any) -> StackConf
     running dev stack: what the end-to-end tests and the chaos run use.
     """
     api_port = free_port()
+    overrides.setdefault("database_url", f"sqlite:///{var_dir / 'index.sqlite3'}")
     settings = Settings(
         redis_url=f"redis://127.0.0.1:6379/{redis_db}",
         s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
@@ -122,6 +124,20 @@ def _worker_ready(config: StackConfig) -> Callable[[], bool]:
             return bool(app.control.ping(timeout=1.0))
         except Exception:  # the broker may not answer yet while the worker boots
             return False
+
+    return check
+
+
+def _index_ready(config: StackConfig) -> Callable[[], bool]:
+    """The indexer has migrated the results index: a listing answers."""
+    index = ResultsIndex.from_settings(config.settings)
+
+    def check() -> bool:
+        try:
+            index.list_jobs("-", JobFilter(), 1)
+        except Exception:  # unreachable, or its tables are not there yet
+            return False
+        return True
 
     return check
 
@@ -184,6 +200,15 @@ def services(config: StackConfig) -> dict[str, procs.Service]:
             cwd=REPO,
             env=app_env,
             ready_timeout_s=10,
+        ),
+        # Ended jobs into the results index (SQL), partitions, retention.
+        "indexer": procs.Service(
+            name="indexer",
+            argv=[venv_bin("inspectq"), "index", "run"],
+            ready=_index_ready(config),
+            cwd=REPO,
+            env=app_env,
+            ready_timeout_s=60,
         ),
         "api": procs.Service(
             name="api",

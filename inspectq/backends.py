@@ -1,4 +1,5 @@
-"""The shared stores one process talks to: S3, Redis, and the job records kept over both.
+"""The shared stores one process talks to: S3, Redis, the job records kept over both, and the
+results index (SQL) built from them.
 
 The API's and the workers' service bundles extend :class:`Backends` with their own clients;
 the ops commands (``inspectq deadletter``, ``inspectq reconcile``) need nothing more. Build
@@ -15,6 +16,7 @@ import redis
 
 from inspectq.config import Settings
 from inspectq.connections import connect_redis
+from inspectq.index import ResultsIndex
 from inspectq.jobs import JobStore
 from inspectq.storage import ObjectStore
 
@@ -25,6 +27,7 @@ class Backends:
     store: ObjectStore
     redis: redis.Redis
     jobs: JobStore
+    index: ResultsIndex
 
     @classmethod
     def connect(cls, settings: Settings) -> Self:
@@ -33,4 +36,5 @@ class Backends:
         store = ObjectStore(settings)
         redis_client = connect_redis(settings)
         return cls(settings=settings, store=store, redis=redis_client,
-                   jobs=JobStore(settings, store, redis_client))
+                   jobs=JobStore(settings, store, redis_client),
+                   index=ResultsIndex.from_settings(settings))

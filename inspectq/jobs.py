@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 from inspectq import keyspace
 from inspectq.config import Settings
 from inspectq.endings import JobEndings
+from inspectq.feedback import Feedback, FeedbackIn
 from inspectq.result import InspectionResult, Thresholds
 from inspectq.storage import ObjectExists, ObjectStore
 
@@ -136,6 +137,10 @@ class JobRecord(BaseModel):
     )
     error: JobError | None = None
     retry: RetryState | None = None
+    feedback: list[Feedback] = Field(
+        default_factory=list,
+        description="Operator feedback, oldest first (the durable copy: one S3 object each).",
+    )
 
     @property
     def mask(self) -> str:
@@ -163,6 +168,13 @@ class JobRecord(BaseModel):
             body["error"] = self.error.model_dump()
         if self.retry is not None:
             body["retry"] = self.retry.model_dump()
+        if self.feedback:
+            body["feedback"] = {
+                "latest": self.feedback[-1].model_dump(mode="json", by_alias=True,
+                                                       exclude_none=True),
+                "history": [entry.model_dump(mode="json", by_alias=True, exclude_none=True)
+                            for entry in self.feedback],
+            }
         return body
 
     def to_json(self) -> str:
@@ -204,9 +216,35 @@ class JobStore:
             record = self._parse(raw, key)
             if record is None:
                 return None
+            if record.status.terminal:  # feedback lives beside the write-once result
+                record = record.model_copy(update={"feedback": self.stored_feedback(job_id)})
             self._cache(record)
             return record
         return None
+
+    def stored_feedback(self, job_id: str) -> list[Feedback]:
+        """The job's feedback entries in S3, oldest first (unreadable ones quarantined)."""
+        entries = []
+        for key in sorted(self._store.list_keys(keyspace.keys_for(job_id).feedback_prefix)):
+            raw = self._store.get(key)
+            if raw is None:
+                continue
+            try:
+                entries.append(Feedback.model_validate_json(raw))
+            except ValueError as error:
+                self.quarantine(key, raw, error)
+        return entries
+
+    def add_feedback(self, record: JobRecord, given: FeedbackIn) -> JobRecord:
+        """Store an operator's feedback on an ended job: its own S3 object first (durable,
+        never overwriting another operator's), then the cached record, rebuilt from every
+        stored entry so two answers at once both show. Returns the updated record."""
+        entry = Feedback(**given.model_dump(), at=utc_now())
+        key = keyspace.keys_for(record.id).feedback_entry(entry.at, secrets.token_hex(4))
+        self._store.put(key, entry.model_dump_json(by_alias=True).encode(), "application/json")
+        updated = record.model_copy(update={"feedback": self.stored_feedback(record.id)})
+        self._cache(updated)
+        return updated
 
     def _parse(self, raw: bytes, key: str) -> JobRecord | None:
         """The record stored at ``key`` (a Redis key or an S3 key), or None after
@@ -288,6 +326,7 @@ class JobStore:
         pipe = self._redis.pipeline(transaction=False)
         self._cache(final, pipe)
         pipe.publish(keyspace.job_ended(job_id), final.status.value)
+        pipe.rpush(keyspace.INDEX_QUEUE, job_id)
         pipe.execute()
         return final
 

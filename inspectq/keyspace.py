@@ -13,10 +13,12 @@ S3 (the durable record)::
                                 record names the one behind its recorded outcome
     jobs/<job>/mask.png         the same, as written before per-run masks (older jobs)
     jobs/<job>/overlay.png      drawn by the API on first request
+    jobs/<job>/feedback/<at>-<token>.json   one operator feedback entry each
     pending/<job>               accepted record, until the reconciler sees the outcome
     deadletter/<job>.json       a poison message's entry
     quarantine/<original key>   a stored record no reader could parse, moved aside
     idempotency/<tenant>/<sha256(Idempotency-Key)>
+    batches/<tenant>/<batch>.json   a batch's job ids, in submission order
 
 Redis (cache and coordination; losing it loses nothing durable)::
 
@@ -28,6 +30,7 @@ Redis (cache and coordination; losing it loses nothing durable)::
     inspectq:quarantined                     count of records moved to quarantine/ (a metric)
     inspectq:dedup:<tenant>:<model sha>:<image sha>   inference cache (same tenant, bytes, model)
     inspectq:alert:<line>:{seen,defective,cooldown}   defect-rate monitor state
+    inspectq:index:todo                      ended jobs' ids, for the indexer (a list)
     inspectq                                 the Celery queue (a list)
     unacked                                  kombu's hash of delivered, unacked messages
     inspectq-ratelimit/...                   flask-limiter's counters (prefix)
@@ -58,7 +61,7 @@ class JobKeys:
 
     @property
     def result(self) -> str:
-        return self.prefix + "result.json"
+        return self.prefix + RESULT_NAME
 
     @property
     def mask(self) -> str:
@@ -73,10 +76,30 @@ class JobKeys:
     def overlay(self) -> str:
         return self.prefix + "overlay.png"
 
+    @property
+    def feedback_prefix(self) -> str:
+        return self.prefix + "feedback/"
+
+    def feedback_entry(self, at: str, token: str) -> str:
+        """One feedback entry; ``at`` (ISO time) first, so a listing is in time order."""
+        return f"{self.feedback_prefix}{at}-{token}.json"
+
+
+JOBS_PREFIX = "jobs/"
+RESULT_NAME = "result.json"
+
 
 def keys_for(job_id: str) -> JobKeys:
     """S3 keys of a job's objects."""
-    return JobKeys(prefix=f"jobs/{job_id}/")
+    return JobKeys(prefix=f"{JOBS_PREFIX}{job_id}/")
+
+
+def job_id_of_result(key: str) -> str | None:
+    """The job whose outcome ``key`` is (``jobs/<id>/result.json``), else None."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] + "/" == JOBS_PREFIX and parts[2] == RESULT_NAME:
+        return parts[1]
+    return None
 
 
 def pending(job_id: str) -> str:
@@ -97,6 +120,11 @@ def deadletter_entry(job_id: str) -> str:
     return f"{DEADLETTER_PREFIX}{job_id}.json"
 
 
+def batch_manifest(tenant: str, batch_id: str) -> str:
+    """The job ids of a batch (``batch_id`` validated by ``inspectq.jobs.is_batch_id``)."""
+    return f"batches/{tenant}/{batch_id}.json"
+
+
 def idempotency_claim(tenant: str, key: str) -> str:
     """The claim of an ``Idempotency-Key``: only its digest becomes part of the S3 key."""
     return f"{IDEMPOTENCY_PREFIX}{tenant}/{hashlib.sha256(key.encode()).hexdigest()}"
@@ -109,6 +137,9 @@ QUEUE = "inspectq"
 UNACKED = "unacked"
 DEADLETTER_LIST = "inspectq:deadletter"
 QUARANTINED_COUNT = "inspectq:quarantined"
+#: Ids of jobs that ended, for the indexer to write to the results index (a Redis list; the
+#: reconciler catches up whatever it loses, see ``workers.indexer``).
+INDEX_QUEUE = "inspectq:index:todo"
 RATE_LIMIT_PREFIX = "inspectq-ratelimit"
 JOB_ENDED_PREFIX = "inspectq:job-ended:"
 #: The pattern one subscription per process listens on (``inspectq.endings``).

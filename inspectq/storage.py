@@ -6,6 +6,7 @@ Keys come from :mod:`inspectq.keyspace`, never from raw user input.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -152,18 +153,21 @@ class ObjectStore:
 
     def list_keys(self, prefix: str, start_after: str = "") -> list[str]:
         """All keys under ``prefix`` (paginated under the hood)."""
-        keys: list[str] = []
+        return list(self.iter_keys(prefix, start_after))
+
+    def iter_keys(self, prefix: str, start_after: str = "") -> Iterator[str]:
+        """The keys under ``prefix`` in key order, one page (1,000) at a time: constant
+        memory over a bucket of any size."""
         paginator = self._s3.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(
                 Bucket=self.bucket, Prefix=prefix, StartAfter=start_after
             ):
-                keys.extend(item["Key"] for item in page.get("Contents", []))
+                yield from (item["Key"] for item in page.get("Contents", []))
         except ClientError as error:
             raise self._translate(error) from error
         except BotoCoreError as error:
             raise StorageUnavailable(str(error)) from error
-        return keys
 
     def _translate(self, error: ClientError) -> Exception:
         if _is_server_side(error):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from inspectq_cli.client import feedback, results, submit, wait
+from inspectq_cli.index import index
 from inspectq_cli.keys import keys
 from inspectq_cli.model import model
 from inspectq_cli.ops import deadletter, reconcile
@@ -23,6 +25,7 @@ def cli() -> None:
       inspectq deadletter list
       inspectq reconcile
       inspectq model list
+      inspectq index rebuild
     """
 
 
@@ -30,6 +33,11 @@ cli.add_command(keys)
 cli.add_command(deadletter)
 cli.add_command(reconcile)
 cli.add_command(model)
+cli.add_command(submit)
+cli.add_command(wait)
+cli.add_command(results)
+cli.add_command(feedback)
+cli.add_command(index)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import redis
 from kombu.exceptions import OperationalError
 
 from inspectq.backends import Backends
+from inspectq.index import IndexUnavailable
 from inspectq.queue import make_celery
 from inspectq.storage import StorageUnavailable
 from inspectq_cli.settings import load_settings
@@ -23,10 +24,13 @@ from workers.reconcile import reconcile as reconcile_once
 
 
 @contextmanager
-def _outages_as_errors() -> Iterator[None]:
-    """An unreachable S3, Redis or broker ends the command with one line, not a traceback."""
+def outages_as_errors() -> Iterator[None]:
+    """An unreachable S3, Redis, broker or results index ends the command with one line,
+    not a traceback."""
     try:
         yield
+    except IndexUnavailable as error:
+        raise click.ClickException(str(error)) from error
     except StorageUnavailable as error:
         raise click.ClickException(f"S3 is unreachable: {error}") from error
     except (redis.ConnectionError, redis.TimeoutError, OperationalError) as error:
@@ -53,7 +57,7 @@ def list_dead() -> None:
     Example:
       inspectq deadletter list
     """
-    with _outages_as_errors():
+    with outages_as_errors():
         for entry in dead_letters.list_dead(Backends.connect(load_settings())):
             click.echo(json.dumps(entry))
 
@@ -73,7 +77,7 @@ def replay(job_id: str | None, replay_all: bool) -> None:
         raise click.UsageError("give one JOB_ID or --all")
     settings = load_settings()
     failed = 0
-    with _outages_as_errors():
+    with outages_as_errors():
         backends = Backends.connect(settings)
         queue = make_celery(settings)
         ids = [entry["id"] for entry in dead_letters.list_dead(backends)] if replay_all else [
@@ -97,6 +101,6 @@ def reconcile() -> None:
       inspectq reconcile
     """
     settings = load_settings()
-    with _outages_as_errors():
+    with outages_as_errors():
         report = reconcile_once(Backends.connect(settings), make_celery(settings))
     click.echo(json.dumps({**report.counts(), "requeued_ids": report.requeued}))

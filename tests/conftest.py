@@ -8,12 +8,17 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy import URL
 
-from devstack import seaweed
+from devstack import seaweed, stack
 from devstack.ports import free_port, port_open, wait_until
 from inspectq.config import Settings
+from inspectq.index import ResultsIndex
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -23,14 +28,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes ``Settings()`` in a subprocess equal ``settings``."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"INSPECTQ_{name.upper()}"] = str(value)
-    return env
+    return {**os.environ, **stack.settings_env(settings)}
+
+
+#: The test PostgreSQL (libpq conninfo): the machine's own server by default.
+PG_CONNINFO = os.environ.get("INSPECTQ_TEST_POSTGRES", "host=127.0.0.1 port=5432 user=postgres")
+
+
+def fresh_postgres(name: str) -> str:
+    """(Re)create database ``name`` on the test PostgreSQL, migrate the results index into
+    it, and return its SQLAlchemy URL."""
+    with psycopg.connect(PG_CONNINFO, dbname="postgres", autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    info = conninfo_to_dict(PG_CONNINFO)
+    url = URL.create("postgresql+psycopg", username=info.get("user"),
+                     password=info.get("password"), host=info.get("host"),
+                     port=int(info.get("port") or 5432), database=name
+                     ).render_as_string(hide_password=False)
+    index = ResultsIndex(url)
+    index.migrate()
+    index.close()
+    return url
+
+
+def empty_index(url: str) -> None:
+    """Remove every indexed job and feedback entry (tables stay)."""
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"),
+                         autocommit=True) as conn:
+        conn.execute("TRUNCATE jobs, feedback")
 
 
 TEST_ACCESS_KEY = "inspectq-test"

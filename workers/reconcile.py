@@ -3,7 +3,9 @@
 S3 knows every accepted job without an outcome (``pending/<id>`` markers, which finished
 jobs keep until the reconciler sweeps them). The reconciler, every ``reconcile_interval_s``:
 
-* **sweeps** the markers of finished jobs, in batches (one S3 request per 1,000 keys);
+* **sweeps** the markers of finished jobs, in batches (one S3 request per 1,000 keys), once
+  they are in the results index (it indexes those the indexer missed; while the database
+  is unreachable the markers stay, so the index catches up later: ``workers.indexer``);
 
 and re-enqueues every **lost** job: one without an outcome whose message is nowhere in the
 broker, neither queued (the ``inspectq`` list) nor delivered and unacked (kombu's
@@ -37,8 +39,10 @@ from celery import Celery
 
 from inspectq import keyspace
 from inspectq.backends import Backends
+from inspectq.index import IndexUnavailable
 from inspectq.jobs import JobRecord
 from inspectq.queue import INSPECT_TASK, enqueue_inspection, time_limits
+from workers.indexer import index_missing
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +53,11 @@ class ReconcileReport:
     closed: list[str] = field(default_factory=list)  # finished; marker swept
     live: int = 0  # a message for them is (or may still be) in the broker
     unreadable: int = 0  # no readable record (quarantined)
+    unindexed: int = 0  # finished, kept until the results index can be written
 
     def counts(self) -> dict[str, int]:
         return {"requeued": len(self.requeued), "closed": len(self.closed), "live": self.live,
-                "unreadable": self.unreadable}
+                "unreadable": self.unreadable, "unindexed": self.unindexed}
 
 
 #: A record this recent may belong to an ingest that has not enqueued yet: leave it.
@@ -100,12 +105,13 @@ def reconcile(backends: Backends, queue: Celery) -> ReconcileReport:
     cached = jobs.cached(pending)
     in_broker = job_ids_in_broker(backends.redis)
     missing: list[JobRecord] = []
+    finished: list[JobRecord] = []
     for job_id in pending:
         record = cached.get(job_id) or jobs.get(job_id)  # not cached: S3, back into Redis
         if record is None:
             report.unreadable += 1  # quarantined by JobStore, or removed meanwhile
         elif record.status.terminal:
-            report.closed.append(job_id)
+            finished.append(record)
         elif job_id in in_broker or _changed_recently(record, now):
             report.live += 1
         else:
@@ -120,8 +126,14 @@ def reconcile(backends: Backends, queue: Celery) -> ReconcileReport:
         if backends.redis.set(guard, 1, nx=True, ex=settings.visibility_timeout_s):
             enqueue_inspection(queue, record.id, time_limits(settings, record.image))
             report.requeued.append(record.id)
+    try:
+        report.closed = index_missing(backends, finished)
+    except IndexUnavailable as error:
+        report.unindexed = len(finished)
+        log.warning("reconciler: %s; %d finished jobs keep their pending/ entries until "
+                    "they are indexed", error, len(finished))
     jobs.clear_pending(report.closed)
-    if report.requeued or report.unreadable:
+    if report.requeued or report.unreadable or report.unindexed:
         log.warning("reconciler: %s", report.counts())
     else:
         log.info("reconciler: %s", report.counts())

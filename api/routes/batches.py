@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 
@@ -17,10 +18,13 @@ from api.images import AcceptedImage, validate_image
 from api.ingest import Accepted, accept, check_capacity, resolve_thresholds
 from api.routes.common import accepted_body, idempotency_key, unsupported_body
 from api.schemas import BatchAccepted, BatchForm, ErrorOut
-from api.services import services
+from api.services import Services, services
 from api.uploads import read_part, set_body_limit
+from inspectq import keyspace
 from inspectq.jobs import new_batch_id
 from inspectq.storage import StorageUnavailable
+
+log = logging.getLogger(__name__)
 
 
 def add_batch_routes(bp: Blueprint, spec: SpecTree) -> None:
@@ -99,6 +103,7 @@ def add_batch_routes(bp: Blueprint, spec: SpecTree) -> None:
                     raise
                 what = "storage" if isinstance(error, StorageUnavailable) else "queue"
                 raise _partial(accepted, what) from error
+        _write_manifest(svc, g.tenant, batch_id, [item.job_id for item in accepted])
         response = jsonify({
             "batch_id": batch_id,
             "jobs": [accepted_body(svc.settings, item) for item in accepted],
@@ -113,6 +118,16 @@ def add_batch_routes(bp: Blueprint, spec: SpecTree) -> None:
         if request.endpoint == "v1.create_batch":
             settings = services().settings
             set_body_limit(settings, images=settings.max_batch_images)
+
+
+def _write_manifest(svc: Services, tenant: str, batch_id: str, job_ids: list[str]) -> None:
+    """Record the batch's jobs for ``GET /v1/batches/<id>``. Best effort: the jobs are
+    accepted already, and without the manifest the batch is still found in the results
+    index once its jobs end."""
+    try:
+        svc.store.put_json(keyspace.batch_manifest(tenant, batch_id), {"jobs": job_ids})
+    except StorageUnavailable:
+        log.warning("batch %s: manifest not written (S3 unavailable)", batch_id)
 
 
 def _validated(limit: int, max_pixels: int, part: FileStorage, index: int) -> AcceptedImage:

@@ -1,6 +1,7 @@
-"""Fixtures for the API tests: the real app against the local Redis (DB 10) and a real
-SeaweedFS S3 server (``s3_endpoint`` from tests/conftest.py). No worker runs: tests finish
-jobs with ``JobStore.finish`` and write mask/overlay PNGs as a worker would."""
+"""Fixtures for the API tests: the real app against the local Redis (DB 10), a real
+SeaweedFS S3 server (``s3_endpoint`` from tests/conftest.py) and the real PostgreSQL
+(results index, database ``inspectq_api_test``). No worker runs: tests finish jobs with
+``JobStore.finish`` and write mask/overlay PNGs as a worker would."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from api.services import Services
 from devstack.ports import free_port
 from inspectq.config import Settings
 from inspectq.storage import ObjectStore
-from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, fresh_postgres
 
 REDIS_URL = "redis://127.0.0.1:6379/10"
 BUCKET = "api-tests"
@@ -53,9 +54,17 @@ def redis_client() -> Iterator[redis.Redis]:
     client.flushdb()
 
 
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """The results index of the API tests: a fresh PostgreSQL database for the session."""
+    return fresh_postgres("inspectq_api_test")
+
+
 @pytest.fixture
-def settings(bucket_ready: str, tmp_path: Path, redis_client: redis.Redis) -> Settings:
+def settings(bucket_ready: str, tmp_path: Path, redis_client: redis.Redis,
+             database_url: str) -> Settings:
     return Settings(
+        database_url=database_url,
         redis_url=REDIS_URL,
         s3_endpoint_url=bucket_ready,
         s3_bucket=BUCKET,

@@ -19,7 +19,7 @@ import redis
 from inspectq.config import Settings
 from inspectq.jobs import ImageRef, JobRecord, JobStore, Status, new_job_id, utc_now
 from inspectq.keyspace import PENDING_PREFIX, keys_for
-from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, settings_env
+from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, fresh_postgres, settings_env
 from tests.workers.triton_server import TritonProcess, start_triton
 from workers.services import Services, build_services
 
@@ -36,9 +36,16 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """The results index of the worker tests: a fresh PostgreSQL database for the session."""
+    return fresh_postgres("inspectq_workers_test")
+
+
 @pytest.fixture
-def settings(s3_endpoint: str, triton: TritonProcess) -> Settings:
+def settings(s3_endpoint: str, triton: TritonProcess, database_url: str) -> Settings:
     return Settings(
+        database_url=database_url,
         redis_url=REDIS_URL,
         s3_endpoint_url=s3_endpoint,
         s3_bucket="workers-tests",
