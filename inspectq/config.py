@@ -137,6 +137,25 @@ class Settings(BaseSettings):
         default=500, ge=1, description="Job records written to the index per round trip."
     )
 
+    # --- Callbacks and signed webhooks ---
+    webhook_secret: SecretStr = Field(
+        default=SecretStr("inspectq-dev-webhook-secret"),
+        description="Signs the bootstrap tenant's job callbacks and the alert webhooks "
+        "(X-Inspectq-Signature); other tenants' secrets come from `inspectq keys add`.",
+    )
+    callback_allow_private: bool = Field(
+        default=False,
+        description="Accept callback URLs on loopback, link-local and private addresses "
+        "(local development and tests only: in production they would let a client make the "
+        "service call into its own network).",
+    )
+    callback_timeout_s: float = Field(default=10.0, gt=0)
+    callback_retry_hours: float = Field(
+        default=24.0, gt=0, description="How long a failing callback is retried (backoff "
+        "doubling up to callback_retry_max_s) before it is marked failed."
+    )
+    callback_retry_max_s: float = Field(default=600.0, gt=0)
+
     @field_validator("s3_endpoint_url")
     @classmethod
     def _empty_endpoint_means_aws(cls, value: str | None) -> str | None:
