@@ -31,6 +31,7 @@ BEHIND_DAYS = 1
 #: Advisory lock keys (any two distinct bigints, "iq" + a number).
 MIGRATE_LOCK = 0x6971_0000_0001
 MAINTAIN_LOCK = 0x6971_0000_0002
+LOCK_TIMEOUT = "5s"
 
 _NAME = re.compile(r"^jobs_p(\d{8})$")
 
@@ -50,7 +51,12 @@ def bounds(day: date) -> tuple[datetime, datetime]:
 
 
 def lock(conn: sa.Connection) -> None:
-    """Serialise partition changes across processes until the transaction ends."""
+    """Serialise partition changes across processes until the transaction ends, and give
+    up on any lock not granted within LOCK_TIMEOUT: making or dropping a partition takes an
+    exclusive lock on ``jobs``, and while it waits behind a long query every new query
+    would queue behind it. A maintenance run that gives up (IndexUnavailable) is simply run
+    again later; partitions are made a week ahead."""
+    conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MAINTAIN_LOCK})
 
 
