@@ -12,12 +12,11 @@ docs/client.md describes it, and the ``inspectq submit|wait|results|feedback`` c
 built on it.
 """
 
-from inspectq_client.client import DEFAULT_URL, Client, Filters, default_idempotency_key
+from inspectq_client.client import Client, Filters, default_idempotency_key
 from inspectq_client.errors import ApiError
 from inspectq_client.models import Accepted, Defect, Job, JobError, Result
 
 __all__ = [
-    "DEFAULT_URL",
     "Accepted",
     "ApiError",
     "Client",

@@ -20,7 +20,6 @@ from urllib3.util.retry import Retry
 from inspectq_client.errors import ApiError
 from inspectq_client.models import Accepted, Job
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 #: The longest long-poll asked for at once (the API's default max_wait_s; it caps the wait
 #: at its own setting anyway).
 LONG_POLL_S = 30.0
@@ -90,7 +89,7 @@ class Client:
     ``requests.RequestException`` (it could not be reached, after the retries).
     """
 
-    def __init__(self, url: str = DEFAULT_URL, api_key: str = "", *, timeout_s: float = 30.0,
+    def __init__(self, url: str, api_key: str, *, timeout_s: float = 30.0,
                  max_retries: int = 8, pool_size: int = 10) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
