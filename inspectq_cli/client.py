@@ -17,6 +17,7 @@ import csv
 import json
 import re
 import sys
+import threading
 import time
 import tomllib
 from collections import Counter
@@ -38,6 +39,8 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 DECISIONS = ("PASS", "REVIEW", "REJECT")
 NOT_SUBMITTED = "not submitted"
+#: ``submit --wait`` waits in steps this long, so that Ctrl-C ends it soon after.
+WAIT_STEP_S = 5.0
 #: Exit status for a refused key (as for usage errors: the command cannot work as called).
 EXIT_AUTH = 2
 
@@ -142,23 +145,27 @@ def _label(job: Job) -> str:
 
 
 def _submit_one(client: Client, path: Path, line: str, camera: str | None,
-                wait_s: float | None) -> _Outcome:
-    """Submit one image (and wait for it when ``wait_s`` is set). A refused key raises:
-    every other image would be refused too."""
+                wait_s: float | None, stop: threading.Event) -> _Outcome:
+    """Submit one image (and wait for it when ``wait_s`` is set, in steps of WAIT_STEP_S
+    so that ``stop`` ends the wait soon). A refused key raises: every other image would be
+    refused too."""
     import requests
 
     from inspectq_client import ApiError
 
     try:
         accepted = client.submit(path, line, camera)
-    except (ApiError, requests.RequestException) as error:
+    except (ApiError, requests.RequestException, OSError) as error:  # OSError: unreadable
         if isinstance(error, ApiError) and error.status in (401, 403):
             raise
         return _Outcome(path, None, NOT_SUBMITTED, error=str(error))
     if wait_s is None:
         return _Outcome(path, accepted.id, accepted.status, accepted.replayed)
+    deadline = time.monotonic() + wait_s
     try:
-        job = client.wait(accepted.id, wait_s)
+        job = client.wait(accepted.id, min(wait_s, WAIT_STEP_S))
+        while not (job.terminal or stop.is_set()) and (left := deadline - time.monotonic()) > 0:
+            job = client.wait(accepted.id, min(left, WAIT_STEP_S))
     except (ApiError, requests.RequestException) as error:
         return _Outcome(path, accepted.id, accepted.status, accepted.replayed,
                         error=f"accepted, then waiting failed: {error}")
@@ -214,8 +221,9 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], line: str, camera: str |
     with (_client(url, api_key, pool_size=concurrency) as client, _reported(),
           tqdm(total=len(images), unit="image", desc="inspect" if wait else "submit") as bar,
           ThreadPoolExecutor(concurrency) as pool):
+        stop = threading.Event()
         futures = [pool.submit(_submit_one, client, path, line, camera,
-                               timeout_s if wait else None) for path in images]
+                               timeout_s if wait else None, stop) for path in images]
         try:
             for future in as_completed(futures):
                 outcome = future.result()
@@ -228,7 +236,8 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], line: str, camera: str |
                 failed = sum(o.error is not None or o.label == "failed" for o in outcomes)
                 bar.set_postfix(done=len(outcomes) - failed, failed=failed, refresh=False)
                 bar.update()
-        except BaseException:  # a refused key, or Ctrl-C: start nothing more
+        except BaseException:  # a refused key, or Ctrl-C: start nothing more, stop waiting
+            stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     for text in _summary(outcomes, wait, time.monotonic() - started):
