@@ -91,8 +91,8 @@ def test_wait_returns_as_soon_as_the_job_is_finished(client: Client, end_job: Fi
     waited = time.monotonic() - started
     ender.join()
     # The API long-polls at most 2 s here: the wait asked more than once, and returned on
-    # the ending, not at its timeout.
-    assert 2.5 <= waited < 5, waited
+    # the ending, not at its timeout (20 s).
+    assert 2.5 <= waited < 10, waited
     assert job.terminal and job.status == "done"
     assert job.result is not None and job.result.decision == "REJECT"
     assert job.result.score == pytest.approx(0.91)
@@ -105,7 +105,7 @@ def test_wait_gives_the_job_back_at_its_timeout(client: Client) -> None:
     accepted = client.submit(png(), "press-3")
     started = time.monotonic()
     job = client.wait(accepted.id, timeout_s=3)
-    assert 3 <= time.monotonic() - started < 5
+    assert 3 <= time.monotonic() - started < 8
     assert job.status == "queued" and not job.terminal
 
 
