@@ -37,7 +37,7 @@ status:
 ## test: the whole suite (service env, then the model env)
 test: venv
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests --ignore=tests/model
+	INSPECTQ_REQUIRE_POSTGRES=1 $(PY) -m pytest tests --ignore=tests/model
 	$(MODEL_PY) -m pytest tests/model --require-torch
 
 lint: venv

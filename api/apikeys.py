@@ -8,6 +8,11 @@ password stretching is needed); only the hashes are kept. The keys file is JSON:
 It is managed with ``inspectq keys`` and re-read whenever it changes on disk, so a
 revoked key stops working without a restart. ``Settings.api_key`` is a bootstrap key for
 tenant ``default`` (empty disables it).
+
+The same file holds each tenant's callback signing secret (``"signing_secrets": {tenant:
+secret}``, read by ``inspectq.callbacks.SigningSecrets``): created with the tenant's first
+key and shown once. Unlike the keys it is stored as is, since signing needs it; the file is
+readable by its owner only.
 """
 
 from __future__ import annotations
@@ -46,17 +51,23 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def read_keys(path: Path) -> list[ApiKey]:
-    if not path.exists():
-        return []
-    data = json.loads(path.read_text())
-    return [ApiKey(**entry) for entry in data.get("keys", [])]
+    return [ApiKey(**entry) for entry in _read(path).get("keys", [])]
 
 
-def write_keys(path: Path, keys: list[ApiKey]) -> None:
-    """Replace the file atomically (never a half-written file), readable by its owner only."""
+def write_keys(path: Path, keys: list[ApiKey], signing_secrets: dict[str, str] | None = None
+               ) -> None:
+    """Replace the file atomically (never a half-written file), readable by its owner only.
+    The signing secrets stay as they are unless ``signing_secrets`` is given."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = json.dumps({"keys": [key.__dict__ for key in keys]}, indent=2)
+    if signing_secrets is None:
+        signing_secrets = _read(path).get("signing_secrets", {})
+    body = json.dumps({"keys": [key.__dict__ for key in keys],
+                       "signing_secrets": signing_secrets}, indent=2)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
@@ -69,7 +80,8 @@ def write_keys(path: Path, keys: list[ApiKey]) -> None:
 
 
 def add_key(path: Path, tenant: str) -> tuple[str, ApiKey]:
-    """Create a key for ``tenant``; returns the plain key (shown once) and its stored entry."""
+    """Create a key for ``tenant``; returns the plain key (shown once) and its stored entry.
+    The tenant's first key also creates its signing secret (:func:`new_signing_secret`)."""
     if not TENANT_PATTERN.fullmatch(tenant):
         raise ValueError(f"tenant must match {TENANT_PATTERN.pattern}")
     plain = new_key()
@@ -78,6 +90,17 @@ def add_key(path: Path, tenant: str) -> tuple[str, ApiKey]:
     )
     write_keys(path, [*read_keys(path), entry])
     return plain, entry
+
+
+def new_signing_secret(path: Path, tenant: str, *, replace: bool = False) -> str | None:
+    """Create ``tenant``'s callback signing secret when it has none (or ``replace``);
+    returns it (to show once), or None when the tenant keeps the one it has."""
+    signing = dict(_read(path).get("signing_secrets", {}))
+    if tenant in signing and not replace:
+        return None
+    signing[tenant] = "whsec_" + secrets.token_urlsafe(32)
+    write_keys(path, read_keys(path), signing)
+    return signing[tenant]
 
 
 def revoke_key(path: Path, key_id: str) -> bool:

@@ -30,6 +30,7 @@ from api.idempotency import Claim, in_progress, mismatch, request_fingerprint
 from api.images import AcceptedImage
 from api.schemas import JobOptions
 from api.services import Services
+from inspectq.callbacks import CallbackUrlError, check_callback_url
 from inspectq.jobs import ImageRef, JobError, JobRecord, Status, new_job_id, utc_now
 from inspectq.keyspace import keys_for
 from inspectq.queue import enqueue_inspection, pending_count, time_limits
@@ -67,6 +68,17 @@ def resolve_thresholds(svc: Services, options: JobOptions) -> Thresholds:
     except ValueError as error:
         raise ApiError(400, "invalid_thresholds", str(error)) from error
     return Thresholds(pass_threshold=pass_t, reject_threshold=reject_t)
+
+
+def check_callback(svc: Services, options: JobOptions) -> None:
+    """400 ``invalid_callback_url`` for a URL the service must not call (see
+    ``inspectq.callbacks``)."""
+    if options.callback_url is None:
+        return
+    try:
+        check_callback_url(options.callback_url, svc.settings.callback_allow_private)
+    except CallbackUrlError as error:
+        raise ApiError(400, "invalid_callback_url", f"callback_url refused: {error}") from error
 
 
 def accept(
@@ -119,6 +131,7 @@ def accept(
         camera=options.camera,
         batch_id=batch_id,
         metadata=options.metadata_object(),
+        callback_url=options.callback_url,
         thresholds=thresholds,
         image=ImageRef(
             key=keys.image,

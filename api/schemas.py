@@ -77,6 +77,11 @@ class JobOptions(BaseModel):
         f" most {MAX_METADATA_CHARS} characters, {MAX_METADATA_DEPTH} levels of nesting and"
         f" {MAX_METADATA_KEYS} keys in all.",
     )
+    callback_url: str | None = Field(
+        default=None, max_length=2048,
+        description="http(s) URL POSTed the job's JSON when it ends, signed with the"
+        " tenant's secret (X-Inspectq-Signature); loopback and private hosts are refused.",
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -92,6 +97,8 @@ class JobOptions(BaseModel):
             raise ValueError(f"metadata is not valid JSON: {error}") from error
         if not isinstance(parsed, dict):
             raise ValueError("metadata must be a JSON object")
+        if "\x00" in json.dumps(parsed, ensure_ascii=False):
+            raise ValueError("metadata must not contain NUL characters (\\u0000)")
         depth, keys = _shape(parsed)
         if depth > MAX_METADATA_DEPTH:
             raise ValueError(f"metadata nests {depth} levels deep; the limit is "
@@ -107,7 +114,8 @@ class JobOptions(BaseModel):
         """The options as the client sent them (unset ones None, metadata parsed), for the
         idempotency fingerprint."""
         return {"line": self.line, "camera": self.camera, "pass": self.pass_threshold,
-                "reject": self.reject_threshold, "metadata": self.metadata_object()}
+                "reject": self.reject_threshold, "metadata": self.metadata_object(),
+                **({"callback_url": self.callback_url} if self.callback_url else {})}
 
     def thresholds(self, default_pass: float, default_reject: float) -> tuple[float, float]:
         """The job's (pass, reject) pair, each defaulting to the service's own.
@@ -348,3 +356,21 @@ class BatchOut(BaseModel):
     counts: dict[str, dict[str, int]] = Field(
         description='{"status": {status: n}, "decision": {decision: n}}'
     )
+
+
+class DeliveryOut(BaseModel):
+    id: str = Field(description="Sent as X-Inspectq-Delivery on every attempt.")
+    url: str
+    subscription_id: str | None = Field(description="null: the job's own callback_url.")
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    created_at: str
+    last_attempt_at: str | None
+    last_status: int | None = Field(description="The receiver's HTTP status, if it answered.")
+    last_error: str | None
+    delivered_at: str | None
+    next_attempt_at: str | None = Field(description="While pending.")
+
+
+class DeliveriesOut(BaseModel):
+    deliveries: list[DeliveryOut]

@@ -125,6 +125,9 @@ class JobRecord(BaseModel):
         default=None, description="The batch (``POST /v1/batches``) the job came in with."
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+    callback_url: str | None = Field(
+        default=None, description="POSTed the job's public JSON when it ends (signed)."
+    )
     thresholds: Thresholds
     image: ImageRef
     ingest_ms: float = 0.0

@@ -17,6 +17,7 @@ from inspectq import keyspace
 from inspectq.backends import Backends
 from inspectq_cli.ops import outages_as_errors
 from inspectq_cli.settings import load_settings
+from workers.callbacks import CallbackSender
 from workers.indexer import Indexer, records_of, sync_feedback
 
 
@@ -44,14 +45,20 @@ def migrate() -> None:
 
 @index.command()
 def run() -> None:
-    """Keep the index in step with the jobs until SIGTERM or SIGINT: ended jobs are
-    indexed within a second; a database outage delays them and loses nothing."""
+    """Keep the index in step with the jobs, and deliver job callbacks, until SIGTERM or
+    SIGINT: ended jobs are indexed within a second; a database outage delays them and
+    loses nothing."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    Indexer(Backends.connect(load_settings())).run(stop)
+    settings = load_settings()
+    sender = threading.Thread(target=CallbackSender(Backends.connect(settings)).run,
+                              args=(stop,), name="callbacks")
+    sender.start()
+    Indexer(Backends.connect(settings)).run(stop)
+    sender.join()
 
 
 @index.command()
@@ -81,6 +88,6 @@ def rebuild() -> None:
 def _index(backends: Backends, job_ids: list[str], bar: object) -> int:
     records = records_of(backends, job_ids)
     written = backends.index.upsert(records) if records else 0
-    sync_feedback(backends, records)
+    sync_feedback(backends, records)  # callbacks of old jobs are not sent again
     bar.update(len(job_ids))  # type: ignore[attr-defined]
     return written

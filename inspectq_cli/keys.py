@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from api.apikeys import add_key, read_keys, revoke_key
+from api.apikeys import add_key, new_signing_secret, read_keys, revoke_key
 from inspectq_cli.settings import load_settings
 
 
@@ -43,7 +43,8 @@ def keys() -> None:
 @click.option("--tenant", required=True, help="Tenant the key belongs to ([a-z0-9_-]).")
 @_file_option
 def add(tenant: str, keys_file: Path) -> None:
-    """Create a key for a tenant and print "<id> <tenant> <key>" once.
+    """Create a key for a tenant and print "<id> <tenant> <key>" once. The tenant's first
+    key also creates its callback signing secret, printed once on stderr.
 
     \b
     Example:
@@ -55,6 +56,24 @@ def add(tenant: str, keys_file: Path) -> None:
         raise click.BadParameter(str(error), param_hint="--tenant") from error
     click.echo(f"{entry.id}\t{entry.tenant}\t{plain}")
     click.echo("Store this key now: it is not shown again.", err=True)
+    secret = new_signing_secret(keys_file, tenant)
+    if secret is not None:
+        click.echo(f"Callback signing secret of {tenant} (verify X-Inspectq-Signature with it;"
+                   f" not shown again): {secret}", err=True)
+
+
+@keys.command("rotate-secret")
+@click.option("--tenant", required=True, help="Tenant whose signing secret is replaced.")
+@_file_option
+def rotate_secret(tenant: str, keys_file: Path) -> None:
+    """Replace a tenant's callback signing secret and print the new one once. Callbacks
+    sent from then on use it: update the receivers first.
+
+    \b
+    Example:
+      inspectq keys rotate-secret --tenant acme --file api-keys.json
+    """
+    click.echo(new_signing_secret(keys_file, tenant, replace=True))
 
 
 @keys.command("list")

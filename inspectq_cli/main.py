@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from inspectq_cli.callbacks import callbacks
 from inspectq_cli.client import feedback, results, submit, wait
 from inspectq_cli.index import index
 from inspectq_cli.keys import keys
@@ -38,6 +39,7 @@ cli.add_command(wait)
 cli.add_command(results)
 cli.add_command(feedback)
 cli.add_command(index)
+cli.add_command(callbacks)
 
 
 def main() -> None:

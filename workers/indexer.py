@@ -13,6 +13,9 @@ write) is caught by the reconciler: it sweeps a finished job's ``pending/`` entr
 the job is in the index (:func:`index_missing`), so an unindexed job stays on its list.
 ``inspectq index rebuild`` rebuilds the whole index from S3 alone.
 
+Indexing a job also adds its callbacks to the outbox (``inspectq.index.outbox``), in the
+same database; ``workers.callbacks`` delivers them, in a thread of the same process.
+
 Every ``MAINTENANCE_INTERVAL_S`` the indexer also creates the coming days' partitions
 (PostgreSQL) and, with ``INSPECTQ_RETENTION_DAYS`` set, removes expired jobs: their S3
 objects first, then their rows (the other order could strand objects no row points to).
@@ -32,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from inspectq import keyspace
 from inspectq.backends import Backends
 from inspectq.index import IndexUnavailable
+from inspectq.index.outbox import Outbox
 from inspectq.jobs import JobRecord
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,7 @@ RETENTION_BATCH = 1000
 class IndexerStats:
     indexed: int = 0
     unavailable: int = 0  # batches put back because the database was unreachable
+    refused: int = 0  # records the database refused (logged)
     expired: int = 0
 
 
@@ -87,8 +92,17 @@ def index_missing(backends: Backends, records: Iterable[JobRecord]) -> list[str]
     by_id = {record.id: record for record in records if record.status.terminal}
     missing = [by_id[job_id] for job_id in by_id.keys() - backends.index.indexed(list(by_id))]
     for start in range(0, len(missing), backends.index.batch_size):
-        backends.index.upsert(missing[start:start + backends.index.batch_size])
+        index_records(backends, missing[start:start + backends.index.batch_size])
     return list(by_id)
+
+
+def index_records(backends: Backends, records: Sequence[JobRecord]) -> int:
+    """Upsert ended jobs, their feedback, and their callbacks' deliveries into the outbox
+    (each idempotent); returns the job rows written."""
+    written = backends.index.upsert(records)
+    sync_feedback(backends, records)
+    Outbox(backends.index, backends.settings.callback_retry_hours).add(records)
+    return written
 
 
 class Indexer:
@@ -111,13 +125,28 @@ class Indexer:
         job_ids = [raw.decode() for raw in popped[1]]
         try:
             records = records_of(self.backends, job_ids)
-            written = index.upsert(records)
-            sync_feedback(self.backends, records)
-        except Exception:
+            written = index_records(self.backends, records)
+        except IndexUnavailable:
             redis_client.rpush(keyspace.INDEX_QUEUE, *job_ids)
             raise
+        except Exception:  # a record the database refuses must not block the others
+            log.exception("indexer: a batch of %d failed; indexing them one by one",
+                          len(job_ids))
+            written = sum(self._index_alone(record) for record in records)
         self.stats.indexed += written
         return written
+
+    def _index_alone(self, record: JobRecord) -> int:
+        try:
+            return index_records(self.backends, [record])
+        except IndexUnavailable:
+            self.backends.redis.rpush(keyspace.INDEX_QUEUE, record.id)
+            raise
+        except Exception:
+            self.stats.refused += 1
+            log.exception("indexer: job %s cannot be indexed; left out (its record stays "
+                          "in S3, see `inspectq index rebuild`)", record.id)
+            return 0
 
     def maintain(self, now: datetime | None = None) -> None:
         """Partitions ahead, then retention (when configured)."""

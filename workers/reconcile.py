@@ -39,7 +39,6 @@ from celery import Celery
 
 from inspectq import keyspace
 from inspectq.backends import Backends
-from inspectq.index import IndexUnavailable
 from inspectq.jobs import JobRecord
 from inspectq.queue import INSPECT_TASK, enqueue_inspection, time_limits
 from workers.indexer import index_missing
@@ -128,10 +127,11 @@ def reconcile(backends: Backends, queue: Celery) -> ReconcileReport:
             report.requeued.append(record.id)
     try:
         report.closed = index_missing(backends, finished)
-    except IndexUnavailable as error:
+    except Exception as error:  # unreachable, or a record it refuses: requeueing goes on
         report.unindexed = len(finished)
-        log.warning("reconciler: %s; %d finished jobs keep their pending/ entries until "
-                    "they are indexed", error, len(finished))
+        log.warning("reconciler: results index: %s: %s; %d finished jobs keep their pending/"
+                    " entries until they are indexed", type(error).__name__, error,
+                    len(finished))
     jobs.clear_pending(report.closed)
     if report.requeued or report.unreadable or report.unindexed:
         log.warning("reconciler: %s", report.counts())

@@ -15,7 +15,7 @@ from werkzeug.datastructures import FileStorage
 
 from api.errors import ApiError, unavailable
 from api.images import AcceptedImage, validate_image
-from api.ingest import Accepted, accept, check_capacity, resolve_thresholds
+from api.ingest import Accepted, accept, check_callback, check_capacity, resolve_thresholds
 from api.routes.common import accepted_body, idempotency_key, unsupported_body
 from api.schemas import BatchAccepted, BatchForm, ErrorOut
 from api.services import Services, services
@@ -69,6 +69,7 @@ def add_batch_routes(bp: Blueprint, spec: SpecTree) -> None:
                 f" this one has {len(parts)}.",
             )
         thresholds = resolve_thresholds(svc, form)
+        check_callback(svc, form)
         key = idempotency_key()
         limit = svc.settings.max_upload_bytes
         # Validate all first, keeping only what was learned: a batch may be many times one

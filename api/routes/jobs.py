@@ -12,7 +12,7 @@ from spectree import SpecTree
 
 from api.errors import ApiError
 from api.images import validate_image
-from api.ingest import accept, check_capacity, resolve_thresholds
+from api.ingest import accept, check_callback, check_capacity, resolve_thresholds
 from api.overlay import render_overlay
 from api.routes.common import (
     accepted_response,
@@ -73,6 +73,7 @@ def add_job_routes(bp: Blueprint, spec: SpecTree) -> None:
         else:
             raise unsupported_body()
         thresholds = resolve_thresholds(svc, options)
+        check_callback(svc, options)
         key = idempotency_key()
         image = validate_image(data, svc.settings.max_image_pixels)
         check_capacity(svc, 1)

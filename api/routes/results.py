@@ -23,6 +23,7 @@ from api.errors import ApiError
 from api.routes.common import not_found
 from api.schemas import (
     BatchOut,
+    DeliveriesOut,
     ErrorOut,
     ExportQuery,
     JobFilterQuery,
@@ -38,6 +39,7 @@ from api.services import Services, services
 from inspectq import keyspace
 from inspectq.feedback import FeedbackIn
 from inspectq.index import IndexUnavailable, JobFilter
+from inspectq.index.outbox import Outbox
 from inspectq.jobs import JobRecord, Status, is_batch_id, is_job_id
 from inspectq.result import Decision
 
@@ -126,6 +128,19 @@ def add_results_routes(bp: Blueprint, spec: SpecTree) -> None:
         response = jsonify(updated.public())
         response.status_code = 201
         return response
+
+    @bp.get("/jobs/<job_id>/deliveries")
+    @spec.validate(resp=Responses(HTTP_200=DeliveriesOut, HTTP_404=ErrorOut, **_ERRORS),
+                   tags=["results"], security=SECURITY)
+    def get_deliveries(job_id: str) -> Response:
+        """The job's callback deliveries: URL, state (pending, delivered, failed),
+        attempts, the last status or error, when it is tried next."""
+        svc = services()
+        record = svc.jobs.get(job_id) if is_job_id(job_id) else None
+        if record is None or record.tenant != g.tenant:
+            raise not_found(job_id)
+        outbox = Outbox(svc.index, svc.settings.callback_retry_hours)
+        return jsonify({"deliveries": outbox.of_job(g.tenant, job_id)})
 
     @bp.get("/batches/<batch_id>")
     @spec.validate(resp=Responses(HTTP_200=BatchOut, HTTP_404=ErrorOut, **_ERRORS),

@@ -12,6 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.apikeys import hash_key
+from inspectq.callbacks import SigningSecrets
 from tests.api.conftest import AUTH, DEV_KEY, image_bytes, services_of, submit
 
 
@@ -64,6 +65,12 @@ def test_keys_command_add_list_revoke(app: Flask, client: FlaskClient) -> None:
     assert added.returncode == 0, added.stderr
     key_id, tenant, plain = added.stdout.strip().split("\t")
     assert tenant == "acme" and plain.startswith("iq_") and len(plain) > 40
+    secret = added.stderr.rsplit(": ", 1)[1].strip()  # the tenant's first key: its secret
+    assert secret.startswith("whsec_") and SigningSecrets(
+        services_of(app).settings).of("acme") == secret
+    again = keys_cli(keys_file, "add", "--tenant", "acme")
+    assert "signing secret" not in again.stderr  # shown once, kept
+    assert keys_cli(keys_file, "revoke", again.stdout.split("\t")[0]).returncode == 0
 
     stored = Path(keys_file).read_text()
     assert plain not in stored and hash_key(plain) in stored
@@ -83,7 +90,8 @@ def test_keys_command_add_list_revoke(app: Flask, client: FlaskClient) -> None:
     assert keys_cli(keys_file, "revoke", key_id).returncode == 0
     assert client.get(f"/v1/jobs/{job_id}", headers=acme).status_code == 401
     assert keys_cli(keys_file, "revoke", key_id).returncode == 1
-    assert json.loads(Path(keys_file).read_text()) == {"keys": []}
+    assert json.loads(Path(keys_file).read_text()) == {
+        "keys": [], "signing_secrets": {"acme": secret}}
 
 
 def test_keys_command_refuses_a_bad_tenant(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """A whole, isolated inspectq stack for the end-to-end tests: SeaweedFS, the real CPU
-``tritonserver`` with the shipped model, a Celery worker and the API under gunicorn, on free
-ports, with the machine's Redis (DB 12). Nothing is mocked.
+``tritonserver`` with the shipped model, a Celery worker, the indexer and the API under
+gunicorn, on free ports, with the machine's Redis (DB 12) and PostgreSQL (database
+``inspectq_e2e``, reached through a :class:`TcpProxy` a test can cut). Nothing is mocked.
 """
 
 from __future__ import annotations
@@ -9,16 +10,33 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from sqlalchemy import make_url
 
 from devstack.client import InspectqClient
+from devstack.ports import free_port
 from devstack.stack import StackConfig, down, isolated_config, up
+from tests.conftest import fresh_postgres
+from tests.tcp_proxy import TcpProxy
 
 REDIS_DB = 12
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
-    config = isolated_config(tmp_path_factory.mktemp("stack"), REDIS_DB, s3_bucket="e2e")
+def database_proxy() -> Iterator[TcpProxy]:
+    """The stack's way to PostgreSQL; ``cut()`` makes the database unreachable."""
+    proxy = TcpProxy(("127.0.0.1", 5432), free_port())
+    proxy.restore()
+    yield proxy
+    proxy.cut()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, database_proxy: TcpProxy
+          ) -> Iterator[StackConfig]:
+    direct = make_url(fresh_postgres("inspectq_e2e"))
+    through_proxy = direct.set(port=database_proxy.port).render_as_string(hide_password=False)
+    config = isolated_config(tmp_path_factory.mktemp("stack"), REDIS_DB, s3_bucket="e2e",
+                             database_url=through_proxy)
     redis.Redis.from_url(config.settings.redis_url).flushdb()
     try:
         up(config)
