@@ -36,7 +36,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database_proxy: TcpProxy
     direct = make_url(fresh_postgres("inspectq_e2e"))
     through_proxy = direct.set(port=database_proxy.port).render_as_string(hide_password=False)
     config = isolated_config(tmp_path_factory.mktemp("stack"), REDIS_DB, s3_bucket="e2e",
-                             database_url=through_proxy)
+                             database_url=through_proxy,
+                             # the tests' receivers listen on 127.0.0.1; retries every <=8 s
+                             callback_allow_private=True, callback_retry_max_s=8)
     redis.Redis.from_url(config.settings.redis_url).flushdb()
     try:
         up(config)

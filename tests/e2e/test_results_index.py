@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from collections.abc import Iterator
 
@@ -14,6 +15,8 @@ import pytest
 from devstack import samples
 from devstack.client import InspectqClient
 from devstack.stack import StackConfig
+from inspectq.signing import SIGNATURE_HEADER, verify
+from tests.receiver import Receiver
 from tests.tcp_proxy import TcpProxy
 
 
@@ -86,3 +89,44 @@ def test_a_database_outage_delays_the_index_and_loses_nothing(
     restore_database.restore()  # back: the indexer catches up by itself
     caught_up_s = wait_listed(client, "idx-2", before | during, timeout_s=90)
     print(f"index caught up {caught_up_s:.1f} s after the database came back")
+
+
+def test_a_callback_receiver_down_for_a_minute_still_gets_each_job_once(
+    client: InspectqClient, stack: StackConfig
+) -> None:
+    receiver = Receiver()  # not listening yet: down
+    ids = [client.submit(s.png(), line="idx-3", callback_url=receiver.url)["id"]
+           for s in samples.samples()[:2]]
+    for job_id in ids:
+        assert client.wait_done(job_id)["status"] == "done"
+    deadline = time.monotonic() + 30
+    while not all(attempted(client, job_id) for job_id in ids):  # tried, refused
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    time.sleep(60)  # down for a minute
+    receiver.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(receiver.received) < len(ids):
+            assert time.monotonic() < deadline, receiver.received
+            time.sleep(0.5)
+        time.sleep(3)  # anything extra would arrive now
+        secret = stack.settings.webhook_secret.get_secret_value()
+        assert sorted(json.loads(got.body)["id"] for got in receiver.received) == sorted(ids)
+        assert all(verify(secret, got.headers[SIGNATURE_HEADER], got.body)
+                   for got in receiver.received)
+        for job_id in ids:
+            [entry] = deliveries(client, job_id)
+            assert entry["state"] == "delivered" and entry["attempts"] >= 2
+    finally:
+        receiver.stop()
+
+
+def deliveries(client: InspectqClient, job_id: str) -> list[dict]:
+    return client._send("GET", f"{client.base_url}/v1/jobs/{job_id}/deliveries",
+                        timeout=30).json()["deliveries"]
+
+
+def attempted(client: InspectqClient, job_id: str) -> bool:
+    log = deliveries(client, job_id)
+    return bool(log) and log[0]["attempts"] >= 1
