@@ -6,6 +6,7 @@ import click
 
 from inspectq_cli.callbacks import callbacks
 from inspectq_cli.client import feedback, results, submit, wait
+from inspectq_cli.dataset import dataset
 from inspectq_cli.index import index
 from inspectq_cli.keys import keys
 from inspectq_cli.model import model
@@ -40,6 +41,7 @@ cli.add_command(results)
 cli.add_command(feedback)
 cli.add_command(index)
 cli.add_command(callbacks)
+cli.add_command(dataset)
 
 
 def main() -> None:
