@@ -41,8 +41,8 @@ class Phase:
 
 
 #: Services whose CPU time the census counts (each with its children: Triton's Python-backend
-#: stub, the worker's pool, gunicorn's workers).
-CENSUS = ("triton", "worker", "api", "s3", "redis")
+#: stub, the worker's pool, gunicorn's workers; the indexer writes the results index).
+CENSUS = ("triton", "worker", "api", "indexer", "s3", "redis")
 
 
 class CpuCensus:
