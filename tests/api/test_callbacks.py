@@ -126,3 +126,23 @@ def test_callback_urls_the_service_must_not_call_are_refused(make_app) -> None:
         response = submit(client, image_bytes(), callback_url=url)
         assert response.status_code == 400, url
         assert response.json["error"]["code"] == "invalid_callback_url", url
+
+
+def test_the_readme_receiver_verifies_our_signature_and_refuses_replays() -> None:
+    """The verification code README.md shows a receiver, run as written."""
+    import re
+
+    from inspectq.signing import sign
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    [code] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+              if "def verified" in block]
+    namespace: dict = {}
+    exec(code, namespace)
+    verified = namespace["verified"]
+    body = b'{"id": "j_x", "status": "done"}'
+    assert verified("s3cret", sign("s3cret", body), body)
+    assert not verified("other", sign("s3cret", body), body)
+    assert not verified("s3cret", sign("s3cret", body), body + b" ")
+    assert not verified("s3cret", sign("s3cret", body, now=time.time() - 600), body)
+    assert not verified("s3cret", "t=abc,v1=00", body)
