@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 #: Longest wait between two tries while the database is unreachable.
 MAX_BACKOFF_S = 30.0
 MAINTENANCE_INTERVAL_S = 600.0
+#: After the first ended job, how long the indexer waits for more to write them together.
+LINGER_S = 0.5
 #: Expired jobs removed per retention pass (their S3 objects and rows).
 RETENTION_BATCH = 1000
 
@@ -96,12 +98,13 @@ def index_missing(backends: Backends, records: Iterable[JobRecord]) -> list[str]
     return list(by_id)
 
 
-def index_records(backends: Backends, records: Sequence[JobRecord]) -> int:
+def index_records(backends: Backends, records: Sequence[JobRecord],
+                  outbox: Outbox | None = None) -> int:
     """Upsert ended jobs, their feedback, and their callbacks' deliveries into the outbox
     (each idempotent); returns the job rows written."""
     written = backends.index.upsert(records)
     sync_feedback(backends, records)
-    Outbox(backends.index, backends.settings.callback_retry_hours).add(records)
+    (outbox or Outbox(backends.index, backends.settings.callback_retry_hours)).add(records)
     return written
 
 
@@ -110,22 +113,31 @@ class Indexer:
 
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
+        self.outbox = Outbox(backends.index, backends.settings.callback_retry_hours)
         self.stats = IndexerStats()
         self._backoff_s = 0.0
         self._maintained_at = 0.0
 
-    def drain_once(self, block_s: float = 1.0) -> int:
-        """Pop one batch (waiting up to ``block_s`` for the first id) and index it; returns
-        how many records were written. IndexUnavailable puts the batch back and re-raises."""
+    def drain_once(self, block_s: float = 1.0, linger_s: float = LINGER_S) -> int:
+        """Pop one batch (waiting up to ``block_s`` for the first id, then ``linger_s`` for
+        more) and index it; returns how many records were written. IndexUnavailable puts
+        the batch back and re-raises."""
         redis_client, index = self.backends.redis, self.backends.index
         popped = redis_client.blmpop(block_s, 1, keyspace.INDEX_QUEUE, direction="LEFT",
                                      count=index.batch_size)
         if not popped:
             return 0
         job_ids = [raw.decode() for raw in popped[1]]
+        if len(job_ids) < index.batch_size and linger_s > 0:
+            # Gather a batch: a write costs ~4 ms of CPU whatever its size, so at a few
+            # images per second one write per job would cost more than the rows themselves.
+            time.sleep(linger_s)
+            more = redis_client.lmpop(1, keyspace.INDEX_QUEUE, direction="LEFT",
+                                      count=index.batch_size - len(job_ids))
+            job_ids += [raw.decode() for raw in more[1]] if more else []
         try:
             records = records_of(self.backends, job_ids)
-            written = index_records(self.backends, records)
+            written = index_records(self.backends, records, self.outbox)
         except IndexUnavailable:
             redis_client.rpush(keyspace.INDEX_QUEUE, *job_ids)
             raise
@@ -138,7 +150,7 @@ class Indexer:
 
     def _index_alone(self, record: JobRecord) -> int:
         try:
-            return index_records(self.backends, [record])
+            return index_records(self.backends, [record], self.outbox)
         except IndexUnavailable:
             self.backends.redis.rpush(keyspace.INDEX_QUEUE, record.id)
             raise

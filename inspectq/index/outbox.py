@@ -12,9 +12,11 @@ sender (``workers.callbacks``) claims due deliveries, POSTs, and records each at
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -30,7 +32,11 @@ subscriptions = sa.Table(
     sa.Column("url", sa.Text(), nullable=False),
     sa.Column("line", sa.Text(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index("subscriptions_tenant", "tenant"),
 )
+
+#: A new or removed subscription applies to jobs ended this long after it, at most.
+SUBSCRIPTIONS_TTL_S = 5.0
 
 deliveries = sa.Table(
     "deliveries", metadata,
@@ -49,6 +55,10 @@ deliveries = sa.Table(
     sa.Column("last_error", sa.Text(), nullable=True),
     sa.Column("delivered_at", UTCDateTime(), nullable=True),
     sa.UniqueConstraint("job_id", "url", name="deliveries_job_url"),
+    sa.Index("deliveries_due", "next_attempt_at",
+             postgresql_where=sa.text("state = 'pending'"),
+             sqlite_where=sa.text("state = 'pending'")),
+    sa.Index("deliveries_tenant_job", "tenant", "job_id"),
 )
 
 
@@ -72,6 +82,17 @@ class Outbox:
     def __init__(self, index: ResultsIndex, retry_hours: float = 24.0) -> None:
         self._index = index
         self._horizon = timedelta(hours=retry_hours)
+        self._subs: list[Any] = []
+        self._subs_read_at = -SUBSCRIPTIONS_TTL_S
+
+    def _current_subscriptions(self) -> list[Any]:
+        """Every subscription, read again after SUBSCRIPTIONS_TTL_S: one query per few
+        seconds instead of one per batch of ended jobs (the table is small)."""
+        if time.monotonic() - self._subs_read_at >= SUBSCRIPTIONS_TTL_S:
+            self._subs = self._index._run(
+                lambda conn: conn.execute(sa.select(subscriptions)).all())
+            self._subs_read_at = time.monotonic()
+        return self._subs
 
     # --- subscriptions ---
 
@@ -104,9 +125,7 @@ class Outbox:
         ended = [record for record in records if record.status.terminal]
         if not ended:
             return 0
-        tenants = sorted({record.tenant for record in ended})
-        subs = self._index._run(lambda conn: conn.execute(
-            sa.select(subscriptions).where(subscriptions.c.tenant.in_(tenants))).all())
+        subs = self._current_subscriptions()
         now = _now()
         rows = []
         for record in ended:

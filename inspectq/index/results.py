@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -458,6 +459,7 @@ class ResultsIndex:
                 raise
             raise unavailable from error
 
+    @cached_property
     def _upsert_statement(self) -> Any:
         """SQLite: an INSERT of one jobs row that, when the job is there already, overwrites
         everything but its key, tenant and feedback state; RETURNING its id."""
@@ -540,7 +542,7 @@ class ResultsIndex:
                     written += len(conn.execute(_PG_UPSERT, {"rows": rows_json}).all())
                 return written
         else:
-            statement = self._upsert_statement()
+            statement = self._upsert_statement  # built once: ~2 ms of CPU to construct
 
             def write(conn: sa.Connection) -> int:
                 # An executemany with RETURNING, which SQLAlchemy's "insertmanyvalues" sends
