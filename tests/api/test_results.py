@@ -18,7 +18,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.apikeys import add_key
+from inspectq.feedback import FeedbackIn
 from inspectq.jobs import JobError
+from inspectq.keyspace import keys_for
 from inspectq.result import InspectionResult
 from tests.api.conftest import AUTH, closed_port_url, image_bytes, services_of, submit
 from tests.api.test_status import RESULT
@@ -235,3 +237,32 @@ def test_an_unreachable_index_is_a_503_and_feedback_still_lands(
     index_all(app)  # the database is back (the healthy app's indexer)
     [listed] = client.get("/v1/jobs?line=L8", headers=AUTH).json["jobs"]
     assert listed["id"] == job_id and listed["feedback"]["verdict"] == "confirm"
+
+
+def test_retention_removes_old_jobs_from_the_index_and_s3(make_app, database_url: str
+                                                          ) -> None:
+    """INSPECTQ_RETENTION_DAYS: the indexer's maintenance removes jobs older than that, their
+    S3 objects first, then their rows; younger jobs stay whole."""
+    app = make_app(retention_days=7)
+    client = app.test_client()
+    svc = services_of(app)
+    old, young = ended_job(app, client, "R1", "REJECT"), ended_job(app, client, "R1", "PASS")
+    svc.jobs.add_feedback(svc.jobs.get(old), FeedbackIn(verdict="confirm"))
+    # Age one job by 10 days, as if it had been accepted then (record in S3 and Redis).
+    record = svc.jobs.get(old)
+    ten_days_ago = (datetime.now(UTC) - timedelta(days=10)).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+    aged = record.model_copy(update={"created_at": ten_days_ago})
+    svc.store.put(keys_for(old).result, aged.to_json().encode(), "application/json")
+    svc.redis.delete(f"inspectq:job:{old}")
+    index_all(app)
+    svc.index.upsert([aged])
+    old_keys = svc.store.list_keys(keys_for(old).prefix)
+    assert keys_for(old).image in old_keys and len(old_keys) >= 3  # image, result, feedback
+
+    indexer = Indexer(svc)
+    indexer.maintain()
+    assert svc.store.list_keys(keys_for(old).prefix) == []
+    assert svc.index.indexed([old, young]) == {young}
+    assert keys_for(young).image in svc.store.list_keys(keys_for(young).prefix)
+    assert indexer.stats.expired == 1
