@@ -87,7 +87,33 @@ def demo_command(out: Path) -> None:
         click.echo(f"{sample.name:<24}{size:>10}  {sample.defect or 'clean':<8}"
                    f"{result['decision']:<9}{result['score']:>6.2f}  {found}")
     click.echo(f"\n{len(rows)} images in {elapsed:.1f}s. Overlays: {out}/")
+    _show_the_record(client, "demo-line")
     click.echo(f"Logs: {config.dirs.logs}/   Stop the stack with: make down")
+
+
+def _show_the_record(client: InspectqClient, line: str) -> None:
+    """The line as the results index holds it (the indexer writes within a second)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = client._send("GET", f"{client.base_url}/v1/lines", timeout=10)
+        lines = {entry["name"]: entry for entry in found.json().get("lines", [])
+                 } if found.ok else {}
+        if line in lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if line not in lines:
+        click.echo(f"The results index has not listed {line} yet: see var/log/indexer.log")
+        return
+    entry = lines[line]
+    click.echo(f"The record of {line}: {entry['total']} jobs, {entry['PASS']} PASS, "
+               f"{entry['REVIEW']} REVIEW, {entry['REJECT']} REJECT, {entry['failed']} failed "
+               f"(all runs). List, export, chart:\n"
+               f"  curl -H 'Authorization: Bearer {client.api_key}' "
+               f"'{client.base_url}/v1/jobs?line={line}&decision=REJECT'\n"
+               f"  curl -H 'Authorization: Bearer {client.api_key}' "
+               f"'{client.base_url}/v1/exports?line={line}&format=csv'\n"
+               f"  curl -H 'Authorization: Bearer {client.api_key}' "
+               f"'{client.base_url}/v1/lines/{line}/stats?bucket=minute'")
 
 
 @cli.command("bench")
