@@ -13,6 +13,7 @@ from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.models import SecureType
 
 from api.auth import require_api_key
+from api.dashboard import dashboard_blueprint
 from api.errors import register_error_handlers
 from api.health import health_blueprint
 from api.openapi import complete
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_rate_limits(app, settings, v1)
     app.register_blueprint(v1)
     app.register_blueprint(health_blueprint())
+    app.register_blueprint(dashboard_blueprint())
     if settings.cors_origins:
         # Browsers send the key as a bearer header, never a cookie: no credentials mode.
         CORS(app, resources={r"/v1/*": {"origins": settings.cors_origins}},

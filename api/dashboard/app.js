@@ -1,0 +1,731 @@
+// inspectq dashboard: one ES module, no build step. Everything shown is built with
+// textContent (never innerHTML with data); images are fetched with the key and shown as
+// blob URLs (the CSP allows img-src 'self' blob: data:).
+
+const KEY = "inspectq.key";
+const REFRESH_MS = 10000;
+const WINDOWS = { "1h": 3600e3, "8h": 8 * 3600e3, "24h": 24 * 3600e3 };
+const WINDOW_LABELS = { "1h": "last hour", "8h": "last 8 hours", "24h": "last 24 hours" };
+const BUCKET_OF = { "1h": "minute", "8h": "hour", "24h": "hour" };
+
+const $ = (id) => document.getElementById(id);
+
+// --- DOM ------------------------------------------------------------------------------
+
+/** An element with attributes and children (strings become text nodes). */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else if (name === "text") node.textContent = String(value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  append(node, children);
+  return node;
+}
+
+function append(node, children) {
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+function svg(tag, attrs = {}) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  return node;
+}
+
+const badge = (decision, big = false) =>
+  el("span", { class: `badge ${decision || "failed"}${big ? " big" : ""}`,
+               text: decision || "failed" });
+const pct = (rate) => (rate === null || rate === undefined ? "–" : `${(rate * 100).toFixed(1)}%`);
+const num = (value, digits = 3) =>
+  (value === null || value === undefined ? "–" : Number(value).toFixed(digits));
+const when = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
+const isoAgo = (ms) => new Date(Date.now() - ms).toISOString();
+
+// --- the API --------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+class SignedOut extends Error {}
+
+/** fetch() with the key; a 401 signs out with a message; other errors raise ApiError. */
+async function api(path, options = {}) {
+  const key = sessionStorage.getItem(KEY);
+  if (!key) throw new SignedOut("not signed in");
+  const headers = { ...(options.headers || {}), Authorization: `Bearer ${key}` };
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) {
+    signOut("Your API key was not accepted. Sign in again.");
+    throw new SignedOut("401");
+  }
+  if (!response.ok) {
+    let code = "http_error";
+    let message = `${response.status} ${response.statusText}`;
+    try {
+      const body = await response.json();
+      code = body.error.code;
+      message = body.error.message;
+    } catch { /* not a JSON error */ }
+    throw new ApiError(response.status, code, message);
+  }
+  return response;
+}
+
+const apiJson = async (path, options) => (await api(path, options)).json();
+
+const query = (params) => {
+  const search = new URLSearchParams();
+  for (const [name, value] of Object.entries(params)) {
+    if (value !== undefined && value !== null && value !== "") search.set(name, value);
+  }
+  return search.toString();
+};
+
+// --- views: lifetime of timers, listeners and blob URLs --------------------------------
+
+let current = null; // { timers: [], listeners: [], blobs: [], alive: true }
+
+function startView() {
+  if (current) {
+    current.alive = false;
+    current.timers.forEach(clearInterval);
+    current.listeners.forEach(([target, type, fn]) => target.removeEventListener(type, fn));
+    current.blobs.forEach((url) => URL.revokeObjectURL(url));
+  }
+  current = { timers: [], listeners: [], blobs: [], alive: true };
+  return current;
+}
+
+function listen(view, target, type, fn) {
+  target.addEventListener(type, fn);
+  view.listeners.push([target, type, fn]);
+}
+
+/** An <img> whose picture is fetched with the key (a blob URL owned by ``view``). */
+function authImage(view, path, alt, onLoaded) {
+  const img = el("img", { alt });
+  api(path).then((response) => response.blob()).then((blob) => {
+    if (!view.alive) return;
+    const url = URL.createObjectURL(blob);
+    view.blobs.push(url);
+    img.src = url;
+    if (onLoaded) img.addEventListener("load", () => onLoaded(img), { once: true });
+  }).catch((error) => {
+    if (error instanceof SignedOut) return;
+    img.alt = `${alt} (not available: ${error.message})`;
+  });
+  return img;
+}
+
+function showError(where, error) {
+  if (error instanceof SignedOut) return;
+  where.replaceChildren(el("p", { class: "error", role: "alert", text: error.message }));
+}
+
+// --- sign in / out --------------------------------------------------------------------
+
+function signOut(message = "") {
+  sessionStorage.removeItem(KEY);
+  startView();
+  $("view").replaceChildren();
+  $("nav").hidden = true;
+  $("sign-out").hidden = true;
+  $("sign-in").hidden = false;
+  $("sign-in-error").textContent = message;
+  $("api-key").value = "";
+  $("api-key").focus();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const key = $("api-key").value.trim();
+  $("sign-in-error").textContent = "";
+  if (!key) return;
+  sessionStorage.setItem(KEY, key);
+  try {
+    await apiJson("/v1/lines"); // checks the key
+  } catch (error) {
+    if (!(error instanceof SignedOut)) signOut(`Could not sign in: ${error.message}`);
+    return;
+  }
+  if (!location.hash || location.hash === "#/sign-in") location.hash = "#/lines";
+  route();
+}
+
+// --- router ---------------------------------------------------------------------------
+
+function route() {
+  if (!sessionStorage.getItem(KEY)) {
+    signOut($("sign-in-error").textContent);
+    return;
+  }
+  $("sign-in").hidden = true;
+  $("nav").hidden = false;
+  $("sign-out").hidden = false;
+  const [path, search = ""] = location.hash.replace(/^#/, "").split("?");
+  const params = new URLSearchParams(search);
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  const view = startView();
+  const root = $("view");
+  root.replaceChildren();
+  const name = parts[0] || "lines";
+  for (const link of document.querySelectorAll("#nav a")) {
+    if (link.dataset.view === name) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  if (name === "line" && parts[1]) lineView(view, root, parts[1], params);
+  else if (name === "job" && parts[1]) jobView(view, root, parts[1]);
+  else if (name === "review") reviewView(view, root);
+  else if (name === "try") tryView(view, root);
+  else linesView(view, root, params);
+}
+
+// --- lines overview -------------------------------------------------------------------
+
+function windowSelect(value, onChange) {
+  const select = el("select", { id: "window", onchange: () => onChange(select.value) });
+  for (const [key, label] of Object.entries(WINDOW_LABELS)) {
+    select.append(el("option", { value: key, selected: key === value, text: label }));
+  }
+  return select;
+}
+
+function linesView(view, root, params) {
+  const windowKey = WINDOWS[params.get("window")] ? params.get("window") : "1h";
+  const stamp = el("span", { class: "muted", id: "updated" });
+  const grid = el("div", { class: "grid", id: "lines" });
+  root.append(
+    el("h1", { text: "Lines" }),
+    el("div", { class: "toolbar" },
+      el("label", { for: "window", text: "Window" }),
+      windowSelect(windowKey, (key) => { location.hash = `#/lines?window=${key}`; }),
+      el("button", { type: "button", onclick: () => refresh(), text: "Refresh now" }),
+      stamp),
+    grid,
+  );
+
+  async function refresh() {
+    const since = isoAgo(WINDOWS[windowKey]);
+    try {
+      const { lines } = await apiJson(`/v1/lines?${query({ since })}`);
+      const stats = await Promise.all(lines.map((line) =>
+        apiJson(`/v1/lines/${encodeURIComponent(line.name)}/stats?${query({
+          since, bucket: BUCKET_OF[windowKey] })}`)));
+      if (!view.alive) return;
+      const shown = lines.map((line, i) => lineCard(line, stats[i], windowKey))
+        .filter(Boolean);
+      if (shown.length === 0) {
+        grid.replaceChildren(el("p", { class: "muted",
+          text: `No inspected images in the ${WINDOW_LABELS[windowKey]}.` }));
+      } else {
+        grid.replaceChildren(...shown);
+      }
+      stamp.textContent = `Updated ${new Date().toLocaleTimeString()} · every 10 s`;
+    } catch (error) {
+      if (view.alive) showError(grid, error);
+    }
+  }
+  refresh();
+  view.timers.push(setInterval(refresh, REFRESH_MS));
+}
+
+function lineCard(line, stats, windowKey) {
+  const totals = stats.totals;
+  if (totals.total === 0) return null;
+  const href = `#/line/${encodeURIComponent(line.name)}?window=${windowKey}`;
+  return el("article", { class: "card line-card", "data-line": line.name },
+    el("h2", {}, el("a", { href, text: line.name })),
+    el("div", { class: "muted", text: `Cameras: ${line.cameras.join(", ") || "–"} · last image ${
+      when(line.last_seen)}` }),
+    el("div", { class: "counts" },
+      ...["total", "PASS", "REVIEW", "REJECT"].map((name) =>
+        el("div", { "data-count": name }, el("b", { text: totals[name] }), name))),
+    el("div", { class: "rates" },
+      el("span", { "data-rate": "review" }, "REVIEW ", el("b", { text: pct(totals.review_rate) })),
+      el("span", { "data-rate": "reject" }, "REJECT ", el("b", { text: pct(totals.reject_rate) })),
+      el("span", { "data-rate": "ipm" }, el("b", { text: totals.images_per_min.toFixed(2) }),
+        " images/min"),
+      totals.failed ? el("span", { text: `${totals.failed} failed` }) : null),
+    rateChart(stats),
+  );
+}
+
+/** The reject rate per bucket as an inline SVG line chart (0 to the largest rate). */
+function rateChart(stats) {
+  const width = 300;
+  const height = 90;
+  const pad = { left: 34, right: 6, top: 8, bottom: 16 };
+  const chart = svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`,
+                             role: "img", preserveAspectRatio: "none" });
+  const points = stats.buckets.filter((b) => b.reject_rate !== null);
+  const title = svg("title");
+  title.textContent = `REJECT rate per ${stats.bucket}`;
+  chart.append(title);
+  const since = Date.parse(stats.since);
+  const until = Date.parse(stats.until);
+  const top = Math.max(0.05, ...points.map((b) => b.reject_rate));
+  const x = (t) => pad.left + ((t - since) / Math.max(1, until - since)) * (width - pad.left - pad.right);
+  const y = (r) => height - pad.bottom - (r / top) * (height - pad.top - pad.bottom);
+  chart.append(svg("line", { class: "axis", x1: pad.left, x2: width - pad.right,
+                             y1: y(0), y2: y(0) }));
+  chart.append(svg("line", { class: "axis", x1: pad.left, x2: pad.left, y1: pad.top, y2: y(0) }));
+  for (const [r, label] of [[0, "0%"], [top, pct(top)]]) {
+    const text = svg("text", { x: 2, y: y(r) + 3 });
+    text.textContent = label;
+    chart.append(text);
+  }
+  const axisLabel = svg("text", { x: pad.left, y: height - 3 });
+  axisLabel.textContent = `REJECT rate per ${stats.bucket}`;
+  chart.append(axisLabel);
+  const xy = points.map((b) => [x(Date.parse(b.start)), y(b.reject_rate)]);
+  if (xy.length > 1) {
+    chart.append(svg("polyline", { class: "rate",
+      points: xy.map(([px, py]) => `${px.toFixed(1)},${py.toFixed(1)}`).join(" ") }));
+  }
+  for (const [px, py] of xy) chart.append(svg("circle", { class: "pt", cx: px, cy: py, r: 2.5 }));
+  return chart;
+}
+
+// --- line view ------------------------------------------------------------------------
+
+function lineView(view, root, line, params) {
+  const windowKey = WINDOWS[params.get("window")] ? params.get("window") : "24h";
+  const decision = params.get("decision") || "REJECT,REVIEW";
+  const go = (changes) => {
+    const next = { window: windowKey, decision, ...changes };
+    location.hash = `#/line/${encodeURIComponent(line)}?${query(next)}`;
+  };
+  const decisionSelect = el("select", { id: "decision", onchange: () => go({
+    decision: decisionSelect.value }) });
+  for (const [value, label] of [["REJECT,REVIEW", "REJECT and REVIEW"], ["REJECT", "REJECT"],
+    ["REVIEW", "REVIEW"], ["PASS", "PASS"]]) {
+    decisionSelect.append(el("option", { value, selected: value === decision, text: label }));
+  }
+  const status = el("p", { class: "muted", id: "export-status" });
+  const thumbs = el("div", { class: "thumbs", id: "thumbs" });
+  root.append(
+    el("h1", {}, "Line ", el("span", { text: line })),
+    el("div", { class: "toolbar" },
+      el("label", { for: "decision", text: "Decision" }), decisionSelect,
+      el("label", { for: "window", text: "Window" }),
+      windowSelect(windowKey, (key) => go({ window: key })),
+      el("button", { type: "button", id: "export", onclick: () => exportCsv(), text:
+        "Export CSV" })),
+    status, thumbs);
+
+  const since = isoAgo(WINDOWS[windowKey]);
+  const decisions = decision.split(",");
+
+  async function exportCsv() {
+    status.textContent = "Exporting…";
+    try {
+      const parts = await Promise.all(decisions.map((d) =>
+        api(`/v1/exports?${query({ format: "csv", line, decision: d, since })}`)
+          .then((r) => r.text())));
+      // One header, then every decision's rows.
+      const [header, ...first] = parts[0].split(/\r?\n/);
+      const rows = [header, ...first.filter(Boolean)];
+      for (const text of parts.slice(1)) rows.push(...text.split(/\r?\n/).slice(1).filter(Boolean));
+      const url = URL.createObjectURL(new Blob([`${rows.join("\r\n")}\r\n`],
+                                               { type: "text/csv" }));
+      view.blobs.push(url);
+      const name = `inspectq-${line}-${decisions.join("+")}-${windowKey}.csv`;
+      const link = el("a", { href: url, download: name });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      status.textContent = `Exported ${rows.length - 1} rows to ${name}.`;
+    } catch (error) {
+      showError(status, error);
+    }
+  }
+
+  (async () => {
+    try {
+      const pages = await Promise.all(decisions.map((d) =>
+        apiJson(`/v1/jobs?${query({ line, decision: d, since, limit: 48 })}`)));
+      if (!view.alive) return;
+      const jobs = pages.flatMap((page) => page.jobs)
+        .sort((a, b) => b.created_at.localeCompare(a.created_at)).slice(0, 48);
+      if (jobs.length === 0) {
+        thumbs.replaceChildren(el("p", { class: "muted", text: "No matching images." }));
+        return;
+      }
+      thumbs.replaceChildren(...jobs.map((job) => el("a",
+        { class: "thumb", href: `#/job/${encodeURIComponent(job.id)}`, "data-job": job.id },
+        job.status === "done"
+          ? authImage(view, `/v1/jobs/${encodeURIComponent(job.id)}/overlay`,
+                      `Overlay of ${job.id}`)
+          : el("div", { class: "muted", text: "failed" }),
+        el("div", { class: "meta" }, badge(job.decision),
+          el("span", { text: `score ${num(job.score, 2)}` }),
+          el("span", { text: job.camera || "" })),
+        el("div", { class: "meta muted" }, el("span", { text: when(job.created_at) })))));
+    } catch (error) {
+      if (view.alive) showError(thumbs, error);
+    }
+  })();
+}
+
+// --- review queue ---------------------------------------------------------------------
+
+function reviewView(view, root) {
+  const stage = el("div", { id: "review-item" });
+  const done = el("span", { class: "muted", id: "review-progress" });
+  const note = el("input", { id: "review-note", type: "text", maxlength: 2000,
+                             placeholder: "optional note" });
+  root.append(
+    el("h1", { text: "Review queue" }),
+    el("p", { class: "muted" },
+      "REVIEW images nobody has answered yet, oldest last. Keys: ", el("kbd", { text: "P" }),
+      " it is a PASS, ", el("kbd", { text: "R" }), " it is a REJECT, ",
+      el("kbd", { text: "S" }), " skip. Each answer is sent as feedback."),
+    el("div", { class: "toolbar" }, el("label", { for: "review-note", text: "Note" }), note,
+       done),
+    stage);
+
+  let queue = [];
+  let item = null;
+  let answered = 0;
+  let busy = false;
+  const skipped = new Set();
+
+  async function load() {
+    try {
+      const page = await apiJson(`/v1/jobs?${query({ decision: "REVIEW", feedback: "none",
+                                                    limit: 50 })}`);
+      queue = page.jobs.filter((job) => !skipped.has(job.id));
+      next();
+    } catch (error) {
+      if (view.alive) showError(stage, error);
+    }
+  }
+
+  function next() {
+    if (!view.alive) return;
+    item = queue.shift() || null;
+    done.textContent = `${answered} answered · ${queue.length + (item ? 1 : 0)} waiting`;
+    if (!item) {
+      stage.replaceChildren(el("p", { class: "muted", id: "review-empty",
+        text: "Nothing to review. Well done." }));
+      return;
+    }
+    const href = `#/job/${encodeURIComponent(item.id)}`;
+    stage.replaceChildren(el("div", { class: "cols", "data-job": item.id },
+      el("div", {}, authImage(view, `/v1/jobs/${encodeURIComponent(item.id)}/overlay`,
+                              `Overlay of ${item.id}`)),
+      el("div", { class: "panel stack" },
+        el("div", {}, badge(item.decision, true), " ",
+           el("span", { text: `score ${num(item.score)}` })),
+        facts([
+          ["Job", el("a", { href, text: item.id })],
+          ["Line", item.line], ["Camera", item.camera || "–"],
+          ["Thresholds", `pass ${num(item.thresholds.pass, 2)} · reject ${
+            num(item.thresholds.reject, 2)}`],
+          ["Defects", Object.entries(item.defects).map(([k, v]) => `${k} ×${v}`).join(", ")
+            || "none"],
+          ["Model", item.model_version || "–"], ["Taken", when(item.created_at)],
+        ]),
+        el("div", { class: "keys" },
+          el("button", { type: "button", class: "primary", onclick: () => answer("PASS") },
+             el("kbd", { text: "P" }), " PASS"),
+          el("button", { type: "button", class: "primary", onclick: () => answer("REJECT") },
+             el("kbd", { text: "R" }), " REJECT"),
+          el("button", { type: "button", onclick: () => skip() }, el("kbd", { text: "S" }),
+             " Skip")),
+        el("p", { class: "error", role: "alert", id: "review-error" }))));
+    stage.querySelector("button").focus();
+  }
+
+  async function answer(decision) {
+    if (!item || busy) return;
+    busy = true;
+    const body = { verdict: "correct", decision, by: "dashboard" };
+    if (note.value.trim()) body.note = note.value.trim();
+    try {
+      await api(`/v1/jobs/${encodeURIComponent(item.id)}/feedback`, {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body) });
+      answered += 1;
+      note.value = "";
+      if (queue.length === 0) await load();
+      else next();
+    } catch (error) {
+      const where = $("review-error");
+      if (where) showError(where, error);
+    } finally {
+      busy = false;
+    }
+  }
+
+  function skip() {
+    if (!item) return;
+    skipped.add(item.id);
+    next();
+  }
+
+  listen(view, document, "keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement
+        || event.target instanceof HTMLTextAreaElement) return;
+    const key = event.key.toLowerCase();
+    if (key === "p") answer("PASS");
+    else if (key === "r") answer("REJECT");
+    else if (key === "s") skip();
+    else return;
+    event.preventDefault();
+  });
+  load();
+}
+
+function facts(pairs) {
+  return el("dl", { class: "facts" }, ...pairs.flatMap(([name, value]) =>
+    [el("dt", { text: name }), el("dd", {}, value)]));
+}
+
+// --- job view -------------------------------------------------------------------------
+
+const PALETTE = [[0, 0, 0], [230, 60, 50], [255, 190, 30], [60, 140, 255], [170, 90, 230],
+                 [40, 200, 140], [250, 120, 200], [140, 200, 40]];
+
+/** The class-index mask drawn in colours (index 0, background, stays black). */
+function colourMask(img, canvas) {
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  const context = canvas.getContext("2d");
+  context.drawImage(img, 0, 0);
+  const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
+  const data = pixels.data;
+  for (let i = 0; i < data.length; i += 4) {
+    const [r, g, b] = data[i] ? PALETTE[((data[i] - 1) % (PALETTE.length - 1)) + 1] : PALETTE[0];
+    data[i] = r; data[i + 1] = g; data[i + 2] = b; data[i + 3] = 255;
+  }
+  context.putImageData(pixels, 0, 0);
+  canvas.hidden = false;
+}
+
+function jobView(view, root, jobId) {
+  const body = el("div", { class: "stack", id: "job" });
+  root.append(el("h1", {}, "Job ", el("span", { text: jobId })), body);
+  const path = `/v1/jobs/${encodeURIComponent(jobId)}`;
+
+  async function load() {
+    try {
+      const job = await apiJson(path);
+      if (view.alive) body.replaceChildren(...renderJob(view, job, load));
+    } catch (error) {
+      if (view.alive) showError(body, error);
+    }
+  }
+  load();
+}
+
+function renderJob(view, job, reload) {
+  const path = `/v1/jobs/${encodeURIComponent(job.id)}`;
+  const result = job.result;
+  const parts = [];
+  const decision = result ? result.decision : null;
+  parts.push(el("div", { class: "panel" },
+    el("div", { class: "toolbar" }, result ? badge(decision, true) : badge(null, true),
+      el("span", { text: `status ${job.status}` }),
+      result ? el("span", { text: `score ${num(result.score)}` }) : null,
+      result ? el("span", { id: "job-thresholds", text: `thresholds: pass < ${
+        num(result.thresholds.pass, 2)} ≤ REVIEW ≤ ${num(result.thresholds.reject, 2)} < reject`
+      }) : null),
+    facts([
+      ["Line", job.line], ["Camera", job.camera || "–"], ["Created", when(job.created_at)],
+      ["Updated", when(job.updated_at)], ["Batch", job.batch_id || "–"],
+      ["Model", result ? `${result.model.name} v${result.model.version}` : "–"],
+      ["Image", result ? `${result.width} × ${result.height} px` : "–"],
+      ["Quality", result ? (result.quality.issues.join(", ") || "no issues") : "–"],
+      ["Cache hit", result ? String(result.cache_hit) : "–"],
+      ["Metadata", job.metadata ? JSON.stringify(job.metadata) : "–"],
+      ["Error", job.error ? `${job.error.code}: ${job.error.message}` : "–"],
+    ])));
+  if (job.status === "done") {
+    const canvas = el("canvas", { id: "mask-canvas", hidden: true,
+                                  "aria-label": "Defect mask, classes in colour" });
+    const maskImg = authImage(view, `${path}/mask`, "Defect mask",
+                              (img) => colourMask(img, canvas));
+    maskImg.hidden = true;
+    parts.push(el("div", { class: "pair" },
+      el("figure", {}, authImage(view, `${path}/overlay`, `Overlay of ${job.id}`),
+        el("figcaption", { text: "Overlay: the image with its defect regions drawn" })),
+      el("figure", {}, canvas, maskImg,
+        el("figcaption", { text: "Mask: defect pixels per class (background black)" }))));
+  }
+  if (result) {
+    parts.push(el("div", { class: "cols" },
+      el("div", { class: "panel" }, el("h2", { text: "Regions" }),
+        result.defects.length === 0 ? el("p", { class: "muted", text: "No defect regions." })
+          : el("table", { id: "regions" },
+            el("thead", {}, el("tr", {}, ...["Class", "Score", "Box [x0, y0, x1, y1]", "Pixels",
+              "Share"].map((h) => el("th", { text: h })))),
+            el("tbody", {}, ...result.defects.map((d) => el("tr", {},
+              el("td", { text: d.class }), el("td", { text: num(d.score) }),
+              el("td", { text: `[${d.bbox.join(", ")}]` }), el("td", { text: d.area_px }),
+              el("td", { text: pct(d.area_ratio) })))))),
+      el("div", { class: "panel" }, el("h2", { text: "Timings (ms)" }),
+        el("table", {}, el("tbody", {}, ...Object.entries(result.timings).map(([k, v]) =>
+          el("tr", {}, el("td", { text: k.replace(/_ms$/, "") }),
+             el("td", { text: num(v, 1) })))))),
+    ));
+  }
+  if (job.status === "done") parts.push(feedbackPanel(job, reload));
+  return parts;
+}
+
+function feedbackPanel(job, reload) {
+  const history = job.feedback ? job.feedback.history : [];
+  const message = el("p", { class: "error", role: "alert" });
+  const send = async (body) => {
+    try {
+      await api(`/v1/jobs/${encodeURIComponent(job.id)}/feedback`, { method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ ...body, by: "dashboard" }) });
+      reload();
+    } catch (error) {
+      showError(message, error);
+    }
+  };
+  const decision = job.result.decision;
+  return el("div", { class: "panel" }, el("h2", { text: "Feedback" }),
+    history.length === 0 ? el("p", { class: "muted", text: "No feedback yet." })
+      : el("table", { id: "feedback" },
+        el("thead", {}, el("tr", {}, ...["When", "Verdict", "Decision", "By", "Note"].map((h) =>
+          el("th", { text: h })))),
+        el("tbody", {}, ...history.map((f) => el("tr", {},
+          el("td", { text: when(f.at) }), el("td", { text: f.verdict }),
+          el("td", { text: f.decision || (f.verdict === "confirm" ? decision : "REJECT") }),
+          el("td", { text: f.by || "–" }), el("td", { text: f.note || "" }))))),
+    el("div", { class: "keys" },
+      decision !== "REVIEW"
+        ? el("button", { type: "button", onclick: () => send({ verdict: "confirm" }),
+                         text: `Confirm ${decision}` }) : null,
+      ...["PASS", "REVIEW", "REJECT"].filter((d) => d !== decision).map((d) =>
+        el("button", { type: "button", onclick: () => send({ verdict: "correct", decision: d }),
+                       text: `Correct to ${d}` }))),
+    message);
+}
+
+// --- try it ---------------------------------------------------------------------------
+
+/** inspectq.result.decide then apply_quality_rule: PASS below pass, REJECT above reject,
+ * REVIEW from pass to reject inclusive; a frame with quality issues never PASSes. */
+export function decide(score, passThreshold, rejectThreshold, qualityIssues = []) {
+  let decision = "REVIEW";
+  if (score < passThreshold) decision = "PASS";
+  else if (score > rejectThreshold) decision = "REJECT";
+  if (decision === "PASS" && qualityIssues.length > 0) decision = "REVIEW";
+  return decision;
+}
+
+function tryView(view, root) {
+  const file = el("input", { id: "try-file", type: "file", required: true,
+                             accept: "image/png,image/jpeg,image/bmp,image/tiff" });
+  const line = el("input", { id: "try-line", type: "text", value: "try-it", required: true,
+                             pattern: "[A-Za-z0-9._\\-]{1,64}" });
+  const status = el("p", { id: "try-status", class: "muted", role: "status" });
+  const out = el("div", { id: "try-result" });
+  const form = el("form", { class: "toolbar", onsubmit: (event) => submit(event) },
+    el("label", { for: "try-file", text: "Image" }), file,
+    el("label", { for: "try-line", text: "Line" }), line,
+    el("button", { type: "submit", class: "primary", text: "Inspect" }));
+  root.append(el("h1", { text: "Try it" }),
+    el("p", { class: "muted", text: "Upload one image, watch it go through the queue, then "
+      + "move the thresholds to see how the decision would change (from the stored score, "
+      + "no new inference)." }), form, status, out);
+
+  async function submit(event) {
+    event.preventDefault();
+    if (!file.files.length) return;
+    const data = new FormData();
+    data.append("image", file.files[0]);
+    data.append("line", line.value);
+    out.replaceChildren();
+    status.textContent = "Uploading…";
+    try {
+      const accepted = await apiJson("/v1/jobs", { method: "POST", body: data });
+      status.textContent = `Job ${accepted.id}: ${accepted.status}, waiting for a worker…`;
+      status.dataset.job = accepted.id;
+      let job = accepted;
+      while (view.alive && !["done", "failed"].includes(job.status)) {
+        job = await apiJson(`/v1/jobs/${encodeURIComponent(accepted.id)}?wait=20`);
+        status.textContent = `Job ${job.id}: ${job.status}${
+          job.status === "done" || job.status === "failed" ? "" : ", waiting…"}`;
+      }
+      if (view.alive) showTried(job);
+    } catch (error) {
+      showError(status, error);
+    }
+  }
+
+  function showTried(job) {
+    if (job.status === "failed") {
+      out.replaceChildren(el("p", { class: "error", text: `Failed: ${job.error.code}: ${
+        job.error.message}` }));
+      return;
+    }
+    const result = job.result;
+    const issues = result.quality.issues;
+    const decisionOut = el("span", { id: "try-decision" });
+    const passIn = el("input", { id: "pass-threshold", type: "range", min: 0, max: 1,
+                                 step: 0.01, value: result.thresholds.pass });
+    const rejectIn = el("input", { id: "reject-threshold", type: "range", min: 0, max: 1,
+                                   step: 0.01, value: result.thresholds.reject });
+    const passText = el("output", { for: "pass-threshold" });
+    const rejectText = el("output", { for: "reject-threshold" });
+    const update = (moved) => {
+      let pass = Number(passIn.value);
+      let reject = Number(rejectIn.value);
+      if (pass > reject) { // keep pass <= reject: the other slider follows
+        if (moved === passIn) { reject = pass; rejectIn.value = String(reject); }
+        else { pass = reject; passIn.value = String(pass); }
+      }
+      passText.textContent = pass.toFixed(2);
+      rejectText.textContent = reject.toFixed(2);
+      const decision = decide(result.score, pass, reject, issues);
+      decisionOut.replaceChildren(badge(decision, true));
+      decisionOut.dataset.decision = decision;
+    };
+    passIn.addEventListener("input", () => update(passIn));
+    rejectIn.addEventListener("input", () => update(rejectIn));
+    out.replaceChildren(el("div", { class: "cols" },
+      el("figure", { class: "panel" },
+        authImage(view, `/v1/jobs/${encodeURIComponent(job.id)}/overlay`,
+                  `Overlay of ${job.id}`),
+        el("figcaption", {}, el("a", { href: `#/job/${encodeURIComponent(job.id)}`,
+                                       text: "Open the job" }))),
+      el("div", { class: "panel stack" },
+        el("div", {}, "Decision with these thresholds: ", decisionOut),
+        el("div", { class: "muted", text: `The model said ${result.decision} at pass ${
+          num(result.thresholds.pass, 2)} / reject ${num(result.thresholds.reject, 2)}; score ${
+          num(result.score)}${issues.length ? `; quality issues: ${issues.join(", ")}` : ""}.` }),
+        el("div", { class: "slider" }, el("label", { for: "pass-threshold",
+          text: "PASS below" }), passIn, passText),
+        el("div", { class: "slider" }, el("label", { for: "reject-threshold",
+          text: "REJECT above" }), rejectIn, rejectText))));
+    out.querySelector("img").id = "try-overlay";
+    update(null);
+  }
+}
+
+// --- start ----------------------------------------------------------------------------
+
+$("sign-in-form").addEventListener("submit", signIn);
+$("sign-out").addEventListener("click", () => signOut("Signed out."));
+window.addEventListener("hashchange", route);
+route();

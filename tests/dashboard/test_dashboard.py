@@ -1,0 +1,200 @@
+"""The dashboard in headless Chromium against the real API, S3, Redis and PostgreSQL: sign
+in, the lines overview (and its live update), the line view and its export, the job view,
+the review queue worked with the keyboard, and the try-it page with its sliders.
+
+Screenshots of every view land in docs/screenshots/ (docs/dashboard.md shows them)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+import requests
+from playwright.sync_api import expect
+
+from api.dashboard import CONTENT_SECURITY_POLICY
+from tests.dashboard.conftest import AUTH, Page, Stack, part_image
+
+
+def test_the_page_is_served_with_a_strict_csp_and_no_inline_script(stack: Stack) -> None:
+    response = requests.get(f"{stack.url}/dashboard/", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/html")
+    csp = response.headers["Content-Security-Policy"]
+    assert csp == CONTENT_SECURITY_POLICY
+    directives = dict(part.strip().split(" ", 1) for part in csp.split(";"))
+    assert directives["default-src"] == "'self'"
+    assert directives["script-src"] == "'self'" and "unsafe" not in csp
+    assert directives["img-src"] == "'self' blob: data:"
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", response.text, re.S)
+    assert scripts and all('src="' in attrs and not body.strip() for attrs, body in scripts)
+    script = requests.get(f"{stack.url}/dashboard/app.js", timeout=10)
+    assert script.status_code == 200
+    assert script.headers["Content-Type"].startswith("text/javascript")
+    # Every value is shown through textContent: no HTML parsing of strings anywhere.
+    assert not re.search(r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write",
+                         script.text)
+    assert requests.get(f"{stack.url}/dashboard/../api/app.py", timeout=10).status_code == 404
+
+
+def test_a_wrong_key_shows_the_sign_in_error(tab: Page) -> None:
+    tab.sign_in("not-a-key")
+    expect(tab.page.locator("#sign-in-error")).to_contain_text("not accepted")
+    expect(tab.page.locator("#nav")).to_be_hidden()
+    assert tab.page.evaluate("sessionStorage.getItem('inspectq.key')") is None
+    tab.shot("sign-in-error")
+    # The browser reports the refused request itself; nothing else went wrong.
+    assert all("401" in error for error in tab.errors), tab.errors
+
+
+def test_lines_overview_counts_and_updates_live_then_line_job_views(
+    tab: Page, stack: Stack
+) -> None:
+    plan = [("PASS", 0.1, "cam-1"), ("PASS", 0.12, "cam-2"), ("PASS", 0.2, "cam-1"),
+            ("REVIEW", 0.5, "cam-2"), ("REJECT", 0.9, "cam-1"), ("PASS", 0.05, "cam-1")]
+    jobs = [stack.ended("press-1", decision, score, camera) for decision, score, camera in plan]
+    stack.ended("press-2", "REJECT", 0.8)
+    stack.ended("press-2", "PASS", 0.1)
+    stack.index()
+
+    tab.sign_in()
+    card = tab.page.locator('[data-line="press-1"]')
+    expect(card.locator('[data-count="total"] b')).to_have_text("6")
+    expect(card.locator('[data-count="PASS"] b')).to_have_text("4")
+    expect(card.locator('[data-count="REVIEW"] b')).to_have_text("1")
+    expect(card.locator('[data-count="REJECT"] b')).to_have_text("1")
+    expect(card.locator('[data-rate="reject"] b')).to_have_text("16.7%")
+    expect(card.locator('[data-rate="review"] b')).to_have_text("16.7%")
+    expect(card.locator("svg.chart circle")).not_to_have_count(0)
+    expect(tab.page.locator('[data-line="press-2"] [data-count="REJECT"] b')).to_have_text("1")
+    tab.shot("lines")
+
+    # New jobs end; the open page shows them within one refresh, without a reload.
+    tab.page.evaluate("window.__same_page = true")
+    jobs += [stack.ended("press-1", "REJECT", 0.95, "cam-2") for _ in range(2)]
+    stack.index()
+    expect(card.locator('[data-count="REJECT"] b')).to_have_text("3", timeout=15_000)
+    expect(card.locator('[data-count="total"] b')).to_have_text("8")
+    expect(card.locator('[data-rate="reject"] b')).to_have_text("37.5%")
+    assert tab.page.evaluate("window.__same_page") is True
+    tab.page.set_viewport_size({"width": 768, "height": 1024})
+    tab.shot("lines-tablet")
+    tab.page.set_viewport_size({"width": 1366, "height": 768})
+
+    # Line view: the REJECT and REVIEW overlays, filters, export.
+    card.locator("h2 a").click()
+    thumbs = tab.page.locator("#thumbs .thumb")
+    expect(thumbs).to_have_count(4)  # 3 REJECT + 1 REVIEW, newest first
+    expect(thumbs.first).to_have_attribute("data-job", jobs[-1])
+    for i in range(4):
+        expect(thumbs.nth(i).locator("img")).to_have_attribute("src", re.compile("^blob:"))
+    tab.images_loaded("#thumbs img")
+    tab.shot("line")
+    with tab.page.expect_download() as download_info:
+        tab.page.click("#export")
+    rows = list(csv.DictReader(io.StringIO(download_info.value.path().read_text())))
+    assert sorted(row["id"] for row in rows) == sorted(jobs[3:5] + jobs[6:])
+    expect(tab.page.locator("#export-status")).to_contain_text("Exported 4 rows")
+    tab.page.select_option("#decision", "REVIEW")
+    expect(thumbs).to_have_count(1)
+    expect(thumbs.first).to_have_attribute("data-job", jobs[3])
+
+    # Job view: overlay and mask side by side, regions, thresholds, feedback history.
+    thumbs.first.click()
+    expect(tab.page.locator("#regions tbody tr")).to_have_count(1)
+    expect(tab.page.locator("#regions tbody td").first).to_have_text("scratch")
+    expect(tab.page.locator("#job-thresholds")).to_contain_text("0.40")
+    expect(tab.page.locator("#job-thresholds")).to_contain_text("0.65")
+    expect(tab.page.locator("#job")).to_contain_text("inspectq_seg v3")
+    expect(tab.page.locator("#mask-canvas")).to_be_visible()
+    tab.page.get_by_role("button", name="Correct to REJECT").click()
+    expect(tab.page.locator("#feedback tbody tr")).to_have_count(1)
+    assert stack.job(jobs[3])["feedback"]["latest"]["decision"] == "REJECT"
+    tab.images_loaded("#job img")
+    tab.shot("job")
+    assert tab.errors == []
+
+
+def test_review_queue_is_worked_with_the_keyboard(tab: Page, stack: Stack) -> None:
+    review = [stack.ended("weld-3", "REVIEW", 0.45 + i / 100) for i in range(4)]
+    stack.ended("weld-3", "REJECT", 0.9)  # not in the queue
+    answered = stack.ended("weld-3", "REVIEW", 0.5)
+    stack.index()
+    posted = requests.post(f"{stack.url}/v1/jobs/{answered}/feedback", headers=AUTH,
+                           json={"verdict": "correct", "decision": "PASS"}, timeout=10)
+    assert posted.status_code == 201, posted.text
+
+    tab.sign_in()
+    tab.go("#/review")
+    item = tab.page.locator("#review-item [data-job]")
+    expect(item).to_have_attribute("data-job", review[-1])  # newest first
+    expect(tab.page.locator("#review-progress")).to_contain_text("4 waiting")
+    tab.images_loaded("#review-item img")
+    tab.shot("review")
+    seen = {}
+    for key in ("p", "r", "s", "p"):
+        shown = item.get_attribute("data-job")
+        assert shown not in seen
+        seen[shown] = key
+        tab.page.keyboard.press(key)
+        if key != "p" or len(seen) < 4:
+            expect(item.or_(tab.page.locator("#review-empty"))).not_to_have_attribute(
+                "data-job", shown)
+    expect(tab.page.locator("#review-empty")).to_be_visible()
+    assert set(seen) == set(review)
+    for job_id, key in seen.items():
+        feedback = stack.job(job_id).get("feedback")
+        if key == "s":
+            assert feedback is None
+        else:
+            assert feedback["latest"]["verdict"] == "correct"
+            assert feedback["latest"]["decision"] == {"p": "PASS", "r": "REJECT"}[key]
+            assert feedback["latest"]["by"] == "dashboard"
+    assert tab.errors == []
+
+
+def test_try_it_uploads_waits_for_the_overlay_and_re_decides_with_the_sliders(
+    tab: Page, stack: Stack, tmp_path
+) -> None:
+    image = tmp_path / "part.png"
+    image.write_bytes(part_image(99))
+    tab.sign_in()
+    tab.go("#/try")
+    tab.page.set_input_files("#try-file", str(image))
+    tab.page.fill("#try-line", "bench-7")
+    tab.page.get_by_role("button", name="Inspect").click()
+    status = tab.page.locator("#try-status")
+    expect(status).to_have_attribute("data-job", re.compile(r"."))
+    job_id = status.get_attribute("data-job")
+    expect(status).to_contain_text("waiting")
+    assert stack.job(job_id)["line"] == "bench-7"
+    stack.end(job_id, "REVIEW", 0.5)  # the page is long-polling: it sees the job end
+
+    overlay = tab.page.locator("#try-overlay")
+    expect(overlay).to_have_attribute("src", re.compile("^blob:"))
+    tab.images_loaded("#try-overlay")
+    decision = tab.page.locator("#try-decision")
+    expect(decision).to_have_attribute("data-decision", "REVIEW")
+    tab.page.fill("#pass-threshold", "0.55")  # 0.5 < 0.55: PASS
+    expect(decision).to_have_attribute("data-decision", "PASS")
+    tab.page.fill("#pass-threshold", "0.5")  # on the threshold: REVIEW (inclusive)
+    expect(decision).to_have_attribute("data-decision", "REVIEW")
+    tab.page.fill("#reject-threshold", "0.45")  # below pass: pass follows down to 0.45
+    expect(decision).to_have_attribute("data-decision", "REJECT")
+    expect(tab.page.locator("output[for=pass-threshold]")).to_have_text("0.45")
+    tab.page.focus("#reject-threshold")
+    for _ in range(10):  # the keyboard moves a slider too: 0.55, and 0.5 <= 0.55 is REVIEW
+        tab.page.keyboard.press("ArrowRight")
+    expect(tab.page.locator("output[for=reject-threshold]")).to_have_text("0.55")
+    expect(decision).to_have_attribute("data-decision", "REVIEW")
+    tab.shot("try-it")
+
+    # The rule itself, as inspectq.result.decide and apply_quality_rule have it.
+    cases = [(0.39, [], "PASS"), (0.4, [], "REVIEW"), (0.65, [], "REVIEW"),
+             (0.66, [], "REJECT"), (0.1, ["blank"], "REVIEW"), (0.9, ["blank"], "REJECT")]
+    got = tab.page.evaluate(
+        """async cases => { const { decide } = await import('./app.js');
+           return cases.map(([s, q]) => decide(s, 0.4, 0.65, q)); }""", cases)
+    assert got == [expected for _, _, expected in cases]
+    assert tab.errors == []
