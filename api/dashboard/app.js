@@ -248,8 +248,8 @@ function lineCard(line, stats, windowKey) {
   const href = `#/line/${encodeURIComponent(line.name)}?window=${windowKey}`;
   return el("article", { class: "card line-card", "data-line": line.name },
     el("h2", {}, el("a", { href, text: line.name })),
-    el("div", { class: "muted", text: `Cameras: ${line.cameras.join(", ") || "–"} · last image ${
-      when(line.last_seen)}` }),
+    el("div", { class: "muted", text: `Cameras: ${line.cameras.join(", ") || "–"}` }),
+    el("div", { class: "muted", text: `Last image: ${when(line.last_seen)}` }),
     el("div", { class: "counts" },
       ...["total", "PASS", "REVIEW", "REJECT"].map((name) =>
         el("div", { "data-count": name }, el("b", { text: totals[name] }), name))),
@@ -263,22 +263,40 @@ function lineCard(line, stats, windowKey) {
   );
 }
 
-/** The reject rate per bucket as an inline SVG line chart (0 to the largest rate). */
+const BUCKET_MS = { minute: 60e3, hour: 3600e3, day: 86400e3 };
+
+/** The reject rate per bucket as an inline SVG bar chart over the window (0 to the
+ * largest rate); empty buckets draw nothing. */
 function rateChart(stats) {
   const width = 300;
   const height = 90;
-  const pad = { left: 34, right: 6, top: 8, bottom: 16 };
+  const pad = { left: 40, right: 6, top: 8, bottom: 16 };
   const chart = svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`,
                              role: "img", preserveAspectRatio: "none" });
   const points = stats.buckets.filter((b) => b.reject_rate !== null);
   const title = svg("title");
-  title.textContent = `REJECT rate per ${stats.bucket}`;
+  title.textContent = `REJECT rate per ${stats.bucket}: ${points.map((b) =>
+    `${new Date(b.start).toLocaleTimeString()} ${pct(b.reject_rate)}`).join(", ")
+    || "no decided images"}`;
   chart.append(title);
   const since = Date.parse(stats.since);
   const until = Date.parse(stats.until);
+  const span = Math.max(1, until - since);
+  const plotWidth = width - pad.left - pad.right;
   const top = Math.max(0.05, ...points.map((b) => b.reject_rate));
-  const x = (t) => pad.left + ((t - since) / Math.max(1, until - since)) * (width - pad.left - pad.right);
+  const x = (t) => pad.left + (Math.min(Math.max(t, since), until) - since) / span * plotWidth;
   const y = (r) => height - pad.bottom - (r / top) * (height - pad.top - pad.bottom);
+  const barWidth = Math.max(2, (BUCKET_MS[stats.bucket] / span) * plotWidth - 1);
+  for (const b of points) {
+    const left = Math.min(x(Date.parse(b.start)), width - pad.right - barWidth);
+    const bar = svg("rect", { class: "bar", x: left.toFixed(1), y: y(b.reject_rate).toFixed(1),
+      width: barWidth.toFixed(1), height: Math.max(1, y(0) - y(b.reject_rate)).toFixed(1) });
+    const tip = svg("title");
+    tip.textContent = `${new Date(b.start).toLocaleString()}: ${pct(b.reject_rate)} of ${
+      b.total}`;
+    bar.append(tip);
+    chart.append(bar);
+  }
   chart.append(svg("line", { class: "axis", x1: pad.left, x2: width - pad.right,
                              y1: y(0), y2: y(0) }));
   chart.append(svg("line", { class: "axis", x1: pad.left, x2: pad.left, y1: pad.top, y2: y(0) }));
@@ -288,14 +306,9 @@ function rateChart(stats) {
     chart.append(text);
   }
   const axisLabel = svg("text", { x: pad.left, y: height - 3 });
-  axisLabel.textContent = `REJECT rate per ${stats.bucket}`;
+  axisLabel.textContent = `REJECT rate per ${stats.bucket}, ${
+    new Date(since).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })} to now`;
   chart.append(axisLabel);
-  const xy = points.map((b) => [x(Date.parse(b.start)), y(b.reject_rate)]);
-  if (xy.length > 1) {
-    chart.append(svg("polyline", { class: "rate",
-      points: xy.map(([px, py]) => `${px.toFixed(1)},${py.toFixed(1)}`).join(" ") }));
-  }
-  for (const [px, py] of xy) chart.append(svg("circle", { class: "pt", cx: px, cy: py, r: 2.5 }));
   return chart;
 }
 
@@ -390,7 +403,7 @@ function reviewView(view, root) {
   root.append(
     el("h1", { text: "Review queue" }),
     el("p", { class: "muted" },
-      "REVIEW images nobody has answered yet, oldest last. Keys: ", el("kbd", { text: "P" }),
+      "REVIEW images nobody has answered yet, newest first. Keys: ", el("kbd", { text: "P" }),
       " it is a PASS, ", el("kbd", { text: "R" }), " it is a REJECT, ",
       el("kbd", { text: "S" }), " skip. Each answer is sent as feedback."),
     el("div", { class: "toolbar" }, el("label", { for: "review-note", text: "Note" }), note,
@@ -425,8 +438,8 @@ function reviewView(view, root) {
     }
     const href = `#/job/${encodeURIComponent(item.id)}`;
     stage.replaceChildren(el("div", { class: "cols", "data-job": item.id },
-      el("div", {}, authImage(view, `/v1/jobs/${encodeURIComponent(item.id)}/overlay`,
-                              `Overlay of ${item.id}`)),
+      el("div", { class: "big-image" }, authImage(view,
+        `/v1/jobs/${encodeURIComponent(item.id)}/overlay`, `Overlay of ${item.id}`)),
       el("div", { class: "panel stack" },
         el("div", {}, badge(item.decision, true), " ",
            el("span", { text: `score ${num(item.score)}` })),
@@ -579,13 +592,22 @@ function renderJob(view, job, reload) {
               el("td", { text: `[${d.bbox.join(", ")}]` }), el("td", { text: d.area_px }),
               el("td", { text: pct(d.area_ratio) })))))),
       el("div", { class: "panel" }, el("h2", { text: "Timings (ms)" }),
-        el("table", {}, el("tbody", {}, ...Object.entries(result.timings).map(([k, v]) =>
-          el("tr", {}, el("td", { text: k.replace(/_ms$/, "") }),
-             el("td", { text: num(v, 1) })))))),
+        el("table", {}, el("tbody", {}, ...timingRows(result.timings)))),
     ));
   }
   if (job.status === "done") parts.push(feedbackPanel(job, reload));
   return parts;
+}
+
+const TIMING_ORDER = ["ingest_ms", "queue_wait_ms", "s3_get_ms", "preprocess_ms", "triton_ms",
+                      "postprocess_ms", "record_ms", "total_ms"];
+
+/** The timings in pipeline order (any the dashboard does not know yet come last). */
+function timingRows(timings) {
+  const names = [...TIMING_ORDER.filter((k) => k in timings),
+                 ...Object.keys(timings).filter((k) => !TIMING_ORDER.includes(k))];
+  return names.map((k) => el("tr", {}, el("td", { text: k.replace(/_ms$/, "").replace("_", " ") }),
+                              el("td", { text: num(timings[k], 1) })));
 }
 
 function feedbackPanel(job, reload) {
@@ -704,7 +726,7 @@ function tryView(view, root) {
     passIn.addEventListener("input", () => update(passIn));
     rejectIn.addEventListener("input", () => update(rejectIn));
     out.replaceChildren(el("div", { class: "cols" },
-      el("figure", { class: "panel" },
+      el("figure", { class: "panel big-image" },
         authImage(view, `/v1/jobs/${encodeURIComponent(job.id)}/overlay`,
                   `Overlay of ${job.id}`),
         el("figcaption", {}, el("a", { href: `#/job/${encodeURIComponent(job.id)}`,
