@@ -317,8 +317,9 @@ function rateChart(stats) {
 function lineView(view, root, line, params) {
   const windowKey = WINDOWS[params.get("window")] ? params.get("window") : "24h";
   const decision = params.get("decision") || "REJECT,REVIEW";
+  const camera = params.get("camera") || "";
   const go = (changes) => {
-    const next = { window: windowKey, decision, ...changes };
+    const next = { window: windowKey, decision, camera, ...changes };
     location.hash = `#/line/${encodeURIComponent(line)}?${query(next)}`;
   };
   const decisionSelect = el("select", { id: "decision", onchange: () => go({
@@ -327,12 +328,23 @@ function lineView(view, root, line, params) {
     ["REVIEW", "REVIEW"], ["PASS", "PASS"]]) {
     decisionSelect.append(el("option", { value, selected: value === decision, text: label }));
   }
+  const cameraSelect = el("select", { id: "camera", onchange: () => go({
+    camera: cameraSelect.value }) }, el("option", { value: "", text: "all cameras" }));
+  if (camera) cameraSelect.append(el("option", { value: camera, selected: true, text: camera }));
+  apiJson("/v1/lines").then(({ lines }) => {
+    const found = lines.find((l) => l.name === line);
+    if (!view.alive || !found) return;
+    for (const name of found.cameras.filter((c) => c !== camera)) {
+      cameraSelect.append(el("option", { value: name, text: name }));
+    }
+  }).catch(() => { /* the filter keeps "all cameras" */ });
   const status = el("p", { class: "muted", id: "export-status" });
   const thumbs = el("div", { class: "thumbs", id: "thumbs" });
   root.append(
     el("h1", {}, "Line ", el("span", { text: line })),
     el("div", { class: "toolbar" },
       el("label", { for: "decision", text: "Decision" }), decisionSelect,
+      el("label", { for: "camera", text: "Camera" }), cameraSelect,
       el("label", { for: "window", text: "Window" }),
       windowSelect(windowKey, (key) => go({ window: key })),
       el("button", { type: "button", id: "export", onclick: () => exportCsv(), text:
@@ -346,7 +358,7 @@ function lineView(view, root, line, params) {
     status.textContent = "Exporting…";
     try {
       const parts = await Promise.all(decisions.map((d) =>
-        api(`/v1/exports?${query({ format: "csv", line, decision: d, since })}`)
+        api(`/v1/exports?${query({ format: "csv", line, camera, decision: d, since })}`)
           .then((r) => r.text())));
       // One header, then every decision's rows.
       const [header, ...first] = parts[0].split(/\r?\n/);
@@ -355,7 +367,8 @@ function lineView(view, root, line, params) {
       const url = URL.createObjectURL(new Blob([`${rows.join("\r\n")}\r\n`],
                                                { type: "text/csv" }));
       view.blobs.push(url);
-      const name = `inspectq-${line}-${decisions.join("+")}-${windowKey}.csv`;
+      const name = `inspectq-${line}${camera ? `-${camera}` : ""}-${decisions.join("+")}-${
+        windowKey}.csv`;
       const link = el("a", { href: url, download: name });
       document.body.append(link);
       link.click();
@@ -369,7 +382,7 @@ function lineView(view, root, line, params) {
   (async () => {
     try {
       const pages = await Promise.all(decisions.map((d) =>
-        apiJson(`/v1/jobs?${query({ line, decision: d, since, limit: 48 })}`)));
+        apiJson(`/v1/jobs?${query({ line, camera, decision: d, since, limit: 48 })}`)));
       if (!view.alive) return;
       const jobs = pages.flatMap((page) => page.jobs)
         .sort((a, b) => b.created_at.localeCompare(a.created_at)).slice(0, 48);

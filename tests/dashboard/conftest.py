@@ -98,12 +98,14 @@ class Stack:
     seed: int = 0
     session: requests.Session = field(default_factory=requests.Session)
 
-    def submit(self, line: str, camera: str = "cam-1") -> str:
+    def submit(self, line: str, camera: str = "cam-1", metadata: str | None = None) -> str:
         self.seed += 1
+        form = {"line": line, "camera": camera}
+        if metadata is not None:
+            form["metadata"] = metadata
         response = self.session.post(
             f"{self.url}/v1/jobs", headers=AUTH,
-            files={"image": ("part.png", part_image(self.seed), "image/png")},
-            data={"line": line, "camera": camera})
+            files={"image": ("part.png", part_image(self.seed), "image/png")}, data=form)
         assert response.status_code == 202, response.text
         return response.json()["id"]
 

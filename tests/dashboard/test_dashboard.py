@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from pathlib import Path
 
@@ -124,6 +125,10 @@ def test_lines_overview_counts_and_updates_live_then_line_job_views(
     rows = list(csv.DictReader(io.StringIO(download_info.value.path().read_text())))
     assert sorted(row["id"] for row in rows) == sorted(jobs[3:5] + jobs[6:])
     expect(tab.page.locator("#export-status")).to_contain_text("Exported 4 rows")
+    tab.page.select_option("#camera", "cam-1")  # per camera: the one cam-1 REJECT
+    expect(thumbs).to_have_count(1)
+    expect(thumbs.first).to_have_attribute("data-job", jobs[4])
+    tab.page.select_option("#camera", "")
     tab.page.select_option("#decision", "REVIEW")
     expect(thumbs).to_have_count(1)
     expect(thumbs.first).to_have_attribute("data-job", jobs[3])
@@ -225,4 +230,26 @@ def test_try_it_uploads_waits_for_the_overlay_and_re_decides_with_the_sliders(
         """async cases => { const { decide } = await import('./app.js');
            return cases.map(([s, q]) => decide(s, 0.4, 0.65, q)); }""", cases)
     assert got == [expected for _, _, expected in cases]
+    assert tab.errors == []
+
+
+def test_what_the_api_holds_is_shown_as_text_never_as_markup(tab: Page, stack: Stack) -> None:
+    markup = '<img src="x" onerror="window.__xss = 1"><b id="injected">bold</b>'
+    job_id = stack.submit("paint-1", metadata=json.dumps({"lot": markup}))
+    stack.end(job_id, "REJECT", 0.9)
+    stack.index()
+    posted = requests.post(f"{stack.url}/v1/jobs/{job_id}/feedback", headers=AUTH,
+                           json={"verdict": "confirm", "note": markup, "by": markup},
+                           timeout=10)
+    assert posted.status_code == 201, posted.text
+    tab.sign_in()
+    tab.go(f"#/job/{job_id}")
+    row = tab.page.locator("#feedback tbody tr")
+    expect(row.locator("td").nth(4)).to_have_text(markup)
+    expect(row.locator("td").nth(3)).to_have_text(markup)
+    expect(tab.page.locator("#job")).to_contain_text(json.dumps({"lot": markup},
+                                                                separators=(",", ":")))
+    tab.images_loaded("#job img")
+    assert tab.page.locator("#injected").count() == 0
+    assert tab.page.evaluate("window.__xss") is None
     assert tab.errors == []
