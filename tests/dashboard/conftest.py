@@ -176,7 +176,7 @@ def browser() -> Iterator[Any]:
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox"])
+                                             args=["--no-sandbox", "--disable-dev-shm-usage"])
         yield browser
         browser.close()
 
@@ -216,6 +216,11 @@ class Page:
             }""", arg=selector)
 
     def shot(self, name: str, full_page: bool = True) -> None:
+        """Save docs/screenshots/<name>.png, after checking the view fits the window's width
+        (nothing to scroll sideways: readable at 1366 px and on a 768 px tablet)."""
+        overflow = self.page.evaluate(
+            "() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"{name}: {overflow} px wider than the window"
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
 

@@ -110,6 +110,10 @@ def test_lines_overview_counts_and_updates_live_then_line_job_views(
     tab.page.set_viewport_size({"width": 768, "height": 1024})
     tab.shot("lines-tablet")
     tab.page.set_viewport_size({"width": 1366, "height": 768})
+    tab.page.select_option("#window", "8h")  # hourly buckets over 8 hours
+    expect(card.locator("svg.chart text").last).to_contain_text("per hour")
+    expect(card.locator('[data-count="total"] b')).to_have_text("8")
+    assert tab.page.evaluate("location.hash") == "#/lines?window=8h"
 
     # Line view: the REJECT and REVIEW overlays, filters, export.
     card.locator("h2 a").click()
@@ -146,6 +150,8 @@ def test_lines_overview_counts_and_updates_live_then_line_job_views(
     assert stack.job(jobs[3])["feedback"]["latest"]["decision"] == "REJECT"
     tab.images_loaded("#job img")
     tab.shot("job")
+    tab.page.set_viewport_size({"width": 768, "height": 1024})
+    tab.shot("job-tablet")
     assert tab.errors == []
 
 
@@ -165,6 +171,8 @@ def test_review_queue_is_worked_with_the_keyboard(tab: Page, stack: Stack) -> No
     expect(tab.page.locator("#review-progress")).to_contain_text("4 waiting")
     tab.images_loaded("#review-item img")
     tab.shot("review")
+    tab.page.set_viewport_size({"width": 768, "height": 1024})
+    tab.shot("review-tablet")
     seen = {}
     for key in ("p", "r", "s", "p"):
         shown = item.get_attribute("data-job")
