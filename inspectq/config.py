@@ -6,11 +6,17 @@ Nothing reads ``os.environ`` elsewhere: build a :class:`Settings` once at proces
 
 from __future__ import annotations
 
+from typing import Annotated, Any, Literal
+
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from inspectq.linehealth import MonitorConfig, RateKind
 
 #: The development API key of the local stack. README documents it; never use it in production.
 DEV_API_KEY = "inspectq-dev-key"
+#: The line-health monitor's own defaults, which the alert_* settings start from.
+_MONITOR = MonitorConfig()
 
 
 class Settings(BaseSettings):
@@ -107,18 +113,74 @@ class Settings(BaseSettings):
         "in-flight job, then hands it back to the queue; keep it under k8s' grace period.",
     )
 
-    # --- Alerts ---
-    alert_window_s: int = Field(default=300, ge=10)
-    alert_min_images: int = Field(default=20, ge=1)
-    alert_defect_rate: float = Field(default=0.30, ge=0, le=1)
-    alert_cooldown_s: int = Field(default=900, ge=0)
-    slack_webhook_url: SecretStr | None = None
-    smtp_host: str | None = None
+    # --- Line health alerts (inspectq.linehealth; each line may override these through
+    # PUT /v1/lines/<line>/alerting; the defaults are the monitor's own) ---
+    alert_rates: Annotated[tuple[RateKind, ...], NoDecode] = Field(
+        default=_MONITOR.rates,
+        description="The rates watched, comma-separated: reject, review, failure.",
+    )
+    alert_per_camera: bool = Field(
+        default=_MONITOR.per_camera,
+        description="Watch every (line, camera) as well as the whole line.",
+    )
+    alert_false_alarms_per_week: float = Field(
+        default=_MONITOR.false_alarms_per_week, gt=0,
+        description="Sensitivity: false alerts one stream may raise per week; the tests' "
+        "limits are derived from it.",
+    )
+    alert_images_per_second: float = Field(
+        default=_MONITOR.images_per_second, gt=0,
+        description="A line's image rate, which turns the weekly budget into images.",
+    )
+    alert_warmup_images: int = Field(
+        default=_MONITOR.warmup_images, ge=0,
+        description="Images a new stream learns its baseline from (judged against the prior "
+        "rates meanwhile).",
+    )
+    alert_recovery_images: int = Field(
+        default=_MONITOR.recovery_images, ge=1,
+        description="Images in control before an alert resolves.",
+    )
+    alert_min_images: int = Field(
+        default=_MONITOR.min_images, ge=0, description="No alert before a stream saw this many."
+    )
+    alert_prior_reject_rate: float = Field(default=_MONITOR.prior_rate("reject"), gt=0, lt=1)
+    alert_prior_review_rate: float = Field(default=_MONITOR.prior_rate("review"), gt=0, lt=1)
+    alert_prior_failure_rate: float = Field(default=_MONITOR.prior_rate("failure"), gt=0, lt=1)
+    slack_webhook_url: SecretStr | None = Field(
+        default=None, description="Slack incoming webhook: the 'slack' channel."
+    )
+    smtp_host: str | None = Field(
+        default=None, description="Mail server: with alert_email_to, the 'email' channel."
+    )
     smtp_port: int = 25
+    smtp_security: Literal["none", "starttls", "tls"] = Field(
+        default="none",
+        description="none (a local relay), starttls (port 587) or tls (implicit, port 465).",
+    )
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
     alert_email_from: str = "inspectq@localhost"
-    alert_email_to: str | None = None
-    alert_count_review: bool = Field(
-        default=False, description="Count REVIEW as defective in the alert rate, not only REJECT."
+    alert_email_to: str | None = Field(
+        default=None, description="Alert email recipients, comma-separated."
+    )
+    alert_webhook_url: SecretStr | None = Field(
+        default=None,
+        description="Generic JSON webhook (the 'webhook' channel), signed like the job "
+        "callbacks with webhook_secret.",
+    )
+    alert_send_timeout_s: float = Field(default=10.0, gt=0)
+    alert_retry_hours: float = Field(
+        default=24.0, gt=0,
+        description="How long a failing notification is retried before it is marked failed.",
+    )
+    alert_retry_base_s: float = Field(
+        default=10.0, gt=0, description="The first retry's delay; it doubles per attempt."
+    )
+    alert_retry_max_s: float = Field(
+        default=300.0, gt=0,
+        description="Longest delay between retries (at most half of visibility_timeout_s: "
+        "a delayed message waits unacknowledged in a worker; longer waits take several hops).",
     )
 
     # --- Results index ---
@@ -163,6 +225,16 @@ class Settings(BaseSettings):
         variable cannot be None, and leaving it unset keeps the local default."""
         return value or None
 
+    @field_validator("alert_rates", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """``reject,review`` from the environment; also the ``('reject', 'review')`` that
+        ``str()`` of the tuple gives (how devstack hands settings to a child process)."""
+        if isinstance(value, str):
+            names = (part.strip().strip("'\"") for part in value.strip("()[] ").split(","))
+            return tuple(name for name in names if name)
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if not self.pass_threshold < self.reject_threshold:
@@ -175,7 +247,19 @@ class Settings(BaseSettings):
             raise ValueError(
                 "visibility_timeout_s must exceed task_time_limit_s, or long jobs run twice"
             )
+        if (self.smtp_username is None) != (self.smtp_password is None):
+            raise ValueError("smtp_username and smtp_password go together")
+        arl0 = (self.alert_images_per_second * 7 * 24 * 3600
+                / (self.alert_false_alarms_per_week * (1 - _MONITOR.spike_share)))
+        if arl0 > 1e9:  # inspectq.alerting.MAX_ARL0_IMAGES: the CUSUM design's limit
+            raise ValueError("alert_false_alarms_per_week is too small for "
+                             "alert_images_per_second (over 1e9 images between false alarms)")
         return self
+
+    @property
+    def alert_email_recipients(self) -> list[str]:
+        return [address.strip() for address in (self.alert_email_to or "").split(",")
+                if address.strip()]
 
     @property
     def effective_broker_url(self) -> str:

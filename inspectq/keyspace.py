@@ -29,9 +29,24 @@ Redis (cache and coordination; losing it loses nothing durable)::
     inspectq:requeued:<job>                  reconciler guard against a double enqueue
     inspectq:quarantined                     count of records moved to quarantine/ (a metric)
     inspectq:dedup:<tenant>:<model sha>:<image sha>   inference cache (same tenant, bytes, model)
-    inspectq:alert:<line>:{seen,defective,cooldown}   defect-rate monitor state
+    inspectq:linehealth:<tenant>:<stream>    one stream's line-health monitor state (JSON;
+                                             the stream's open alert lives in it), 30 d TTL
+    inspectq:linehealth-counted:<job>        the job fed its streams (set with the state)
+    inspectq:linehealth-turn:<tenant>:<line>  a worker that lost the race too often commits
+                                             next (short-lived)
+    inspectq:alerting:<tenant>:<line>        cached per-line alerting configuration (JSON)
+    inspectq:alert-event:<alert>:<event>     an alert opened/resolved, as the notify queue
+                                             reads it (JSON; until the index has it and
+                                             every channel is done)
+    inspectq:alert-outbox                    sorted set of "<alert>:<event>" not yet in the
+                                             index, scored by when to hand it on again
+    inspectq:alert-queued:<alert>:<event>:<channel>   its notify message was sent
+    inspectq:alert-sending:<alert>:<event>:<channel>  lock held while it is being sent
+    inspectq:alert-sent:<alert>:<event>:<channel>     delivered (de-duplication)
+    inspectq:alert-acked:<alert>             the alert's acknowledgement (JSON)
     inspectq:index:todo                      ended jobs' ids, for the indexer (a list)
     inspectq                                 the Celery queue (a list)
+    inspectq-notify                          the alert notification queue (a list)
     unacked                                  kombu's hash of delivered, unacked messages
     inspectq-ratelimit/...                   flask-limiter's counters (prefix)
 """
@@ -134,12 +149,17 @@ def idempotency_claim(tenant: str, key: str) -> str:
 
 #: The Celery queue (a Redis list of messages) and kombu's hash of unacked deliveries.
 QUEUE = "inspectq"
+#: The queue of alert bookkeeping and notifications (``inspectq.queue``: their tasks), kept
+#: apart so a slow mail server never delays an inspection.
+NOTIFY_QUEUE = "inspectq-notify"
 UNACKED = "unacked"
 DEADLETTER_LIST = "inspectq:deadletter"
 QUARANTINED_COUNT = "inspectq:quarantined"
 #: Ids of jobs that ended, for the indexer to write to the results index (a Redis list; the
 #: reconciler catches up whatever it loses, see ``workers.indexer``).
 INDEX_QUEUE = "inspectq:index:todo"
+#: Alert events not yet written to the results index (a sorted set, see workers.alert).
+ALERT_OUTBOX = "inspectq:alert-outbox"
 RATE_LIMIT_PREFIX = "inspectq-ratelimit"
 JOB_ENDED_PREFIX = "inspectq:job-ended:"
 #: The pattern one subscription per process listens on (``inspectq.endings``).
@@ -178,13 +198,52 @@ def inference_cache(tenant: str, model_sha256: str, image_sha256: str) -> str:
     return f"inspectq:dedup:{tenant}:{model_sha256}:{image_sha256}"
 
 
-def alert_seen(line: str) -> str:
-    return f"inspectq:alert:{line}:seen"
+def linehealth_state(tenant: str, stream: str) -> str:
+    """The monitor state of one stream (``StreamKey.name``: ``<line>/<camera or *>/<rate>``)."""
+    return f"inspectq:linehealth:{tenant}:{stream}"
 
 
-def alert_defective(line: str) -> str:
-    return f"inspectq:alert:{line}:defective"
+def linehealth_counted(job_id: str) -> str:
+    """Set in the same transaction as the states a job fed: a redelivered job counts once."""
+    return f"inspectq:linehealth-counted:{job_id}"
 
 
-def alert_cooldown(line: str) -> str:
-    return f"inspectq:alert:{line}:cooldown"
+def linehealth_turn(tenant: str, line: str) -> str:
+    """Held briefly by the worker whose turn it is to update the line's states."""
+    return f"inspectq:linehealth-turn:{tenant}:{line}"
+
+
+def line_alerting(tenant: str, line: str) -> str:
+    """The cached copy of a line's alerting configuration (the index holds the real one)."""
+    return f"inspectq:alerting:{tenant}:{line}"
+
+
+def alert_event(alert_id: str, event: str) -> str:
+    """An alert's "opened" or "resolved" event, as the notify queue's tasks read it."""
+    return f"inspectq:alert-event:{alert_id}:{event}"
+
+
+def alert_outbox_member(alert_id: str, event: str) -> str:
+    return f"{alert_id}:{event}"
+
+
+def alert_of_outbox_member(member: str) -> tuple[str, str]:
+    """(alert id, event) of an ALERT_OUTBOX member."""
+    alert_id, _, event = member.rpartition(":")
+    return alert_id, event
+
+
+def alert_queued(alert_id: str, event: str, channel: str) -> str:
+    return f"inspectq:alert-queued:{alert_id}:{event}:{channel}"
+
+
+def alert_sending(alert_id: str, event: str, channel: str) -> str:
+    return f"inspectq:alert-sending:{alert_id}:{event}:{channel}"
+
+
+def alert_sent(alert_id: str, event: str, channel: str) -> str:
+    return f"inspectq:alert-sent:{alert_id}:{event}:{channel}"
+
+
+def alert_acked(alert_id: str) -> str:
+    return f"inspectq:alert-acked:{alert_id}"

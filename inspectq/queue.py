@@ -1,6 +1,8 @@
 """The Celery application both sides share: the API sends, the workers consume.
 
-Messages carry a job id and nothing else; the image stays in S3. JSON is the only accepted
+Messages carry ids and nothing else: an inspection a job id (the image stays in S3), the
+alert tasks an alert id, an event and a channel (the event waits in Redis). Every message
+leaves through :func:`_send`. JSON is the only accepted
 content type, so a pickled message put on the queue by hand is refused, never executed.
 """
 
@@ -13,11 +15,18 @@ from celery import Celery
 
 from inspectq.config import Settings
 from inspectq.jobs import ImageRef
-from inspectq.keyspace import QUEUE, UNACKED
+from inspectq.keyspace import NOTIFY_QUEUE, QUEUE, UNACKED
 from inspectq.tiling import tiles_along
 
 INSPECT_TASK = "inspectq.inspect"
 RECONCILE_TASK = "inspectq.reconcile"
+#: On NOTIFY_QUEUE: write an alert event to the index and queue its notifications; send one
+#: notification on one channel; re-send alert events whose message was lost (beat).
+ALERT_EVENT_TASK = "inspectq.alert-event"
+NOTIFY_TASK = "inspectq.notify"
+ALERT_SWEEP_TASK = "inspectq.alert-sweep"
+#: What a worker consumes (``celery worker -Q``): inspections and the alert work.
+WORKER_QUEUES = f"{QUEUE},{NOTIFY_QUEUE}"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -94,7 +103,24 @@ def enqueue_inspection(app: Celery, job_id: str, limits: TimeLimits | None = Non
     travel in its headers, the app's defaults apply without them."""
     options = {} if limits is None else {"soft_time_limit": limits.soft_s,
                                          "time_limit": limits.hard_s}
-    app.send_task(INSPECT_TASK, args=[job_id], queue=QUEUE, **options)
+    _send(app, INSPECT_TASK, [job_id], QUEUE, **options)
+
+
+def enqueue_alert_event(app: Celery, alert_id: str, event: str) -> None:
+    """Hand an alert's "opened" or "resolved" event (stored in Redis by the monitor) to the
+    notify queue: into the index, and one notification per channel."""
+    _send(app, ALERT_EVENT_TASK, [alert_id, event], NOTIFY_QUEUE)
+
+
+def enqueue_notification(app: Celery, alert_id: str, event: str, channel: str) -> None:
+    """One notification: the alert's event on one channel."""
+    _send(app, NOTIFY_TASK, [alert_id, event, channel], NOTIFY_QUEUE)
+
+
+def _send(app: Celery, task: str, args: list[str], queue: str, **options: float) -> None:
+    """The one place a message leaves: by task name, so nothing that sends imports worker
+    code."""
+    app.send_task(task, args=args, queue=queue, **options)
 
 
 def pending_count(redis_client: redis.Redis) -> int:

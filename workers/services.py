@@ -10,16 +10,16 @@ from dataclasses import dataclass
 
 from inspectq.backends import Backends
 from inspectq.config import Settings
-from workers.alert import DefectRateMonitor
+from workers.alert import LineHealth
 from workers.infer import TritonModel
 
 
 @dataclass(frozen=True)
 class Services(Backends):
-    """S3, Redis and the job records (:class:`Backends`), plus Triton and the alert monitor."""
+    """S3, Redis and the job records (:class:`Backends`), plus Triton and line health."""
 
     model: TritonModel
-    monitor: DefectRateMonitor
+    line_health: LineHealth
 
 
 def build_services(settings: Settings) -> Services:
@@ -32,5 +32,5 @@ def build_services(settings: Settings) -> Services:
             settings.triton_batch_tiles,
             settings.triton_timeout_s,
         ),
-        monitor=DefectRateMonitor(settings, core.redis),
+        line_health=LineHealth(settings, core.redis, core.index),
     )

@@ -11,7 +11,7 @@ The stages, in the order an image travels (each in the module named for it):
 7. decide: ``inspectq.result.decide``, from the score and the job's own thresholds, then
    ``apply_quality_rule`` (a frame with quality issues never PASSes);
 8. ``record``: the one outcome, to S3 and Redis;
-9. ``alert``: the line's defect-rate monitor.
+9. ``alert``: the line's health monitors (done and failed jobs alike).
 
 Every way out of :func:`inspect_job` leaves the job done, visibly failed with a reason, or
 ``retrying`` with a :class:`RetryLater` for the Celery task to schedule:
@@ -47,7 +47,6 @@ from inspectq.queue import TimeLimits, max_hard_limit_s
 from inspectq.result import InspectionResult, Timings, apply_quality_rule, decide
 from inspectq.storage import StorageUnavailable
 from workers import cache, deadletter
-from workers.alert import notify
 from workers.fetch import ImageMissing, fetch_image
 from workers.infer import ModelContractError, TritonUnavailable
 from workers.postprocess import find_regions, image_score, stitch
@@ -112,10 +111,13 @@ def inspect_job(services: Services, job_id: str, retries: int = 0,
         return None
     if record.status.terminal:
         log.info("job %s already %s; duplicate delivery ignored", job_id, record.status)
+        _observe_for_alerts(services, record)  # counted once: a no-op unless it was missed
         return record
     deliveries = count_delivery(services, job_id, retries)
     if deliveries > settings.max_deliveries:
-        return deadletter.dead_letter(services, record, deliveries)
+        dead = deadletter.dead_letter(services, record, deliveries)
+        _observe_for_alerts(services, dead)
+        return dead
     record = jobs.update(job_id, record=record, status=Status.PROCESSING, retry=None) or record
     try:
         result, mask_key = _run_stages(services, record, started)
@@ -162,20 +164,20 @@ def inspect_job(services: Services, job_id: str, retries: int = 0,
 
 def _fail(services: Services, job_id: str, code: str, message: str) -> JobRecord:
     log.error("job %s failed: %s: %s", job_id, code, message)
-    return services.jobs.finish(job_id, error=JobError(code=code, message=message))
+    final = services.jobs.finish(job_id, error=JobError(code=code, message=message))
+    _observe_for_alerts(services, final)
+    return final
 
 
-def _observe_for_alerts(services: Services, final: JobRecord) -> None:
-    if final.status is not Status.DONE or final.result is None:
+def _observe_for_alerts(services: Services, final: JobRecord | None) -> None:
+    """Stage 9 for a job that ended; whatever goes wrong is logged, never the job's."""
+    if final is None:
         return
     try:
-        alert = services.monitor.observe(
-            final.line, final.id, final.result.decision, time.time()
-        )
-        if alert is not None:
-            notify(services.settings, alert)
+        services.line_health.observe(final)
     except Exception:
-        log.exception("job %s: alert bookkeeping failed (the result is recorded)", final.id)
+        log.exception("job %s: line health bookkeeping failed (the result is recorded)",
+                      final.id)
 
 
 def _ms(since: float) -> float:

@@ -1,27 +1,50 @@
-"""Defect-rate alerts: real Redis, a real SMTP server (aiosmtpd) and a local HTTP server
-standing in for Slack's webhook endpoint."""
+"""Line health in the workers (stage 9) and the notify queue, against real Redis (DB 11), the
+real PostgreSQL (the results index), a real SMTP server (aiosmtpd), a local HTTP receiver
+standing in for Slack, and real ``celery worker`` processes."""
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import multiprocessing
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
+import psycopg
 import pytest
 import redis
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Message
 from pydantic import SecretStr
+from sqlalchemy import make_url
 
 from devstack.ports import free_port
+from inspectq import keyspace
+from inspectq.alerting import AlertEvent, LineAlerting
 from inspectq.config import Settings
+from inspectq.index import ResultsIndex
+from inspectq.index.alerts import AlertIndex, LineAlertingStore
+from inspectq.jobs import JobRecord
+from inspectq.linehealth import LineHealthMonitor, MonitorConfig, MonitorState, StreamKey
 from inspectq.result import Decision
-from tests.workers.conftest import png, strip_with_scratch, submit
-from workers.alert import DefectRateMonitor, notify
+from tests.index.conftest import make_record
+from tests.receiver import Receiver
+from tests.workers.conftest import (
+    CLOSED_PORT_URL,
+    REDIS_URL,
+    png,
+    strip_with_scratch,
+    submit,
+)
+from workers.alert import LineHealth
 from workers.services import Services, build_services
 from workers.tasks import inspect_job
+
+TENANT = "default"
+R, P, V = Decision.REJECT, Decision.PASS, Decision.REVIEW
+#: A line that learns fast: 40 images of warm-up at a 10 % prior, REJECT rate only.
+FAST = LineAlerting(rates=["reject"], warmup_images=40, recovery_images=10, min_images=20,
+                    prior_rates={"reject": 0.1})
+#: 40 healthy images (4 REJECT: a 10 % baseline), then REJECTs until the CUSUM trips.
+HEALTHY = [R if i % 10 == 0 else P for i in range(40)]
 
 
 class Inbox(Message):
@@ -44,107 +67,191 @@ def smtp() -> Iterator[tuple[int, Inbox]]:
 
 
 @pytest.fixture
-def slack() -> Iterator[tuple[str, list[dict]]]:
-    """A local HTTP server that records what a Slack incoming webhook would receive."""
-    posts: list[dict] = []
-
-    class Webhook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers["Content-Length"])
-            posts.append({"path": self.path, "content_type": self.headers["Content-Type"],
-                          "json": json.loads(self.rfile.read(length))})
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/services/T0/B0/x", posts
-    server.shutdown()
+def slack() -> Iterator[Receiver]:
+    receiver = Receiver().start()
+    yield receiver
+    receiver.stop()
 
 
 @pytest.fixture
-def alert_settings(settings: Settings, smtp: tuple[int, Inbox],
-                   slack: tuple[str, list[dict]]) -> Settings:
-    return settings.model_copy(update={
-        "alert_window_s": 60, "alert_min_images": 4, "alert_defect_rate": 0.5,
-        "alert_cooldown_s": 600, "slack_webhook_url": SecretStr(slack[0]), "smtp_host": "127.0.0.1",
-        "smtp_port": smtp[0], "alert_email_to": "qa@factory.example",
-    })
+def alert_settings(database_url: str, smtp: tuple[int, Inbox], slack: Receiver) -> Settings:
+    """Redis DB 11 and the workers' PostgreSQL; no Triton or S3 (nothing is inspected)."""
+    return Settings(
+        redis_url=REDIS_URL, database_url=database_url, triton_url=CLOSED_PORT_URL,
+        public_url="https://inspectq.example", slack_webhook_url=SecretStr(slack.url),
+        smtp_host="127.0.0.1", smtp_port=smtp[0], alert_email_to="qa@factory.example",
+        alert_retry_base_s=0.2, alert_retry_max_s=5)
 
 
-def _observe_all(settings: Settings, client: redis.Redis, decisions: list[Decision],
-                 line: str = "line-7") -> list:
-    monitor = DefectRateMonitor(settings, client)
-    alerts = []
-    for number, decision in enumerate(decisions):
-        alert = monitor.observe(line, f"job-{number}", decision, time.time())
-        if alert is not None:
-            notify(settings, alert)
-            alerts.append(alert)
-    return alerts
+@pytest.fixture
+def db(alert_settings: Settings) -> Iterator[redis.Redis]:
+    """Redis DB 11 and the alert tables, empty before and after the test."""
+    client = redis.Redis.from_url(alert_settings.redis_url)
+
+    def empty() -> None:
+        client.flushdb()
+        url = make_url(alert_settings.database_url).set(drivername="postgresql")
+        with psycopg.connect(url.render_as_string(hide_password=False),
+                             autocommit=True) as conn:
+            conn.execute("TRUNCATE alerts, alert_deliveries, line_alerting")
+
+    empty()
+    yield client
+    empty()
 
 
-def test_spike_alerts_slack_and_email_once_per_cooldown(
-    alert_settings: Settings, redis_client: redis.Redis, smtp: tuple[int, Inbox],
-    slack: tuple[str, list[dict]],
-) -> None:
-    R, P = Decision.REJECT, Decision.PASS
-    alerts = _observe_all(alert_settings, redis_client, [R, P, R, R, R, R])
-    assert len(alerts) == 1  # at the 4th image (3 of 4 > 50%); then the cooldown holds
-    assert (alerts[0].defective, alerts[0].seen) == (3, 4)
-    [post] = slack[1]
-    assert post["content_type"] == "application/json" and "line-7" in post["json"]["text"]
-    [mail] = smtp[1].messages
-    assert mail["To"] == "qa@factory.example" and "line-7" in mail["Subject"]
-    assert redis_client.ttl("inspectq:alert:line-7:cooldown") > 500
-    # No image data in the alert state: job ids and timestamps only.
-    members = redis_client.zrange("inspectq:alert:line-7:seen", 0, -1)
-    assert members == [f"job-{n}".encode() for n in range(6)]
+@pytest.fixture
+def built(alert_settings: Settings, db: redis.Redis) -> Iterator[Services]:
+    services = build_services(alert_settings)
+    yield services
+    services.index.close()
 
 
-def test_rate_below_threshold_or_too_few_images_stays_quiet(
-    alert_settings: Settings, redis_client: redis.Redis, slack: tuple[str, list[dict]]
-) -> None:
-    R, P, V = Decision.REJECT, Decision.PASS, Decision.REVIEW
-    assert _observe_all(alert_settings, redis_client, [R, R, R]) == []  # only 3 images
-    assert _observe_all(alert_settings, redis_client, [R, P, P, V, V, P], line="l2") == []
-    counting_review = alert_settings.model_copy(update={"alert_count_review": True})
-    assert len(_observe_all(counting_review, redis_client, [R, P, V, V], line="l3")) == 1
-    assert len(slack[1]) == 1
+def configure(services: Services, line: str, config: LineAlerting) -> None:
+    LineAlertingStore(AlertIndex(services.index), services.redis).put(TENANT, line, config)
 
 
-def test_a_redelivered_job_is_counted_once(
-    alert_settings: Settings, redis_client: redis.Redis
-) -> None:
-    monitor = DefectRateMonitor(alert_settings, redis_client)
-    for _ in range(5):
-        assert monitor.observe("line-9", "same-job", Decision.REJECT, time.time()) is None
-    assert redis_client.zcard("inspectq:alert:line-9:seen") == 1
+def record(decision: Decision | None, line: str = "L1", camera: str | None = "cam-1",
+           job_id: str | None = None) -> JobRecord:
+    return make_record(tenant=TENANT, created_at=datetime.now(UTC), line=line, camera=camera,
+                       decision=decision, job_id=job_id)
 
 
-def test_failing_channels_are_logged_never_raised(
-    alert_settings: Settings, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
-) -> None:
-    dead = alert_settings.model_copy(update={
-        "slack_webhook_url": SecretStr(f"http://127.0.0.1:{free_port()}/hook"),
-        "smtp_port": free_port(),
-    })
-    alerts = _observe_all(dead, redis_client, [Decision.REJECT] * 4)
-    assert len(alerts) == 1
-    assert "Slack alert for line line-7 failed" in caplog.text
-    assert "email alert for line line-7 failed" in caplog.text
+def drive(health: LineHealth, decisions: list[Decision | None], line: str = "L1",
+          until: Callable[[AlertEvent], bool] | None = None) -> list[AlertEvent]:
+    """Observe one job per decision (None: a failed job); stop after an event ``until``
+    accepts."""
+    events: list[AlertEvent] = []
+    for decision in decisions:
+        found = health.observe(record(decision, line))
+        events += found
+        if until is not None and any(until(event) for event in found):
+            break
+    return events
 
 
-def test_the_task_feeds_the_monitor(
-    alert_settings: Settings, services: Services, slack: tuple[str, list[dict]]
-) -> None:
-    alerting = build_services(alert_settings.model_copy(update={"alert_min_images": 2}))
-    for seed in (31, 32):
-        job_id = submit(services, png(strip_with_scratch(seed=seed)), line="strip-3")
-        assert inspect_job(alerting, job_id).result.decision == "REJECT"
-    [post] = slack[1]
-    assert "strip-3" in post["json"]["text"] and "2 of 2" in post["json"]["text"]
+def state(client: redis.Redis, line: str, rate: str, camera: str | None = None
+          ) -> MonitorState:
+    raw = client.get(keyspace.linehealth_state(TENANT, f"{line}/{camera or '*'}/{rate}"))
+    assert raw is not None
+    return MonitorState.model_validate_json(raw)
+
+
+def open_alert(services: Services, line: str = "L1") -> AlertEvent:
+    """Drive ``line`` (configured FAST) from healthy into an alert; the opening event."""
+    configure(services, line, FAST)
+    health = LineHealth(services.settings, services.redis, services.index)
+    events = drive(health, HEALTHY + [R] * 30, line, until=lambda e: e.event == "opened")
+    assert [e.event for e in events] == ["opened"], events
+    return events[0]
+
+
+# --- the monitor through Redis --------------------------------------------------------------
+
+
+def _observe_in_process(settings: Settings, records: list[JobRecord], start: object) -> None:
+    health = LineHealth(settings, redis.Redis.from_url(settings.redis_url),
+                        ResultsIndex(settings.database_url))
+    start.wait()  # type: ignore[attr-defined]
+    for job in records:
+        health.observe(job)
+
+
+def test_two_processes_at_once_count_each_job_once(built: Services, db: redis.Redis) -> None:
+    """Two worker processes observe overlapping deliveries of 600 jobs of one line at the
+    same time (300 jobs delivered to both): every stream counts each job exactly once, no
+    update is lost to a concurrent writer and none counts twice."""
+    decisions = [R if i % 7 == 0 else V if i % 11 == 0 else P for i in range(600)]
+    records = [record(d) for d in decisions]
+    records[5] = record(None)  # one failed job: the failure stream only
+    context = multiprocessing.get_context("fork")
+    start = context.Event()
+    workers = [context.Process(target=_observe_in_process,
+                               args=(built.settings, part, start))
+               for part in (records[:450], records[150:])]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    decided = [r.result.decision for r in records if r.result is not None]
+    reject = state(db, "L1", "reject")
+    assert reject.images == len(decided) == 599
+    assert reject.pending_events + reject.base_events == decided.count(R)
+    review = state(db, "L1", "review")
+    assert review.images == 599
+    assert review.pending_events + review.base_events == decided.count(V)
+    failure = state(db, "L1", "failure")
+    assert failure.images == 600
+    assert failure.pending_events + failure.base_events == 1  # the one failed job
+    assert len(db.keys("inspectq:linehealth-counted:*")) == 600
+
+
+def test_state_survives_a_new_monitor_object(built: Services, db: redis.Redis) -> None:
+    """A worker restart: the baseline learned and the open alert live in Redis, so a new
+    LineHealth (new process, new clients) carries on where the old one stopped, and the
+    alert it opened resolves under the new one."""
+    configure(built, "L1", FAST)
+    first = LineHealth(built.settings, built.redis, built.index)
+    [opened] = drive(first, HEALTHY + [R] * 30, until=lambda e: e.event == "opened")
+    before = state(db, "L1", "reject")
+    assert before.alert is not None and before.learned_images == 40
+
+    second = LineHealth(built.settings, redis.Redis.from_url(built.settings.redis_url),
+                        ResultsIndex(built.settings.database_url))
+    events: list[AlertEvent] = []
+    observed = 0
+    while not events and observed < 200:
+        events = second.observe(record(P))
+        observed += 1
+    assert [e.event for e in events] == ["resolved"]
+    assert events[0].id == opened.id  # the same alert, opened by the first
+    after = state(db, "L1", "reject")
+    assert after.images == before.images + observed
+    assert after.learned_images >= before.learned_images
+    assert after.alert is None
+    assert abs(events[0].transition.baseline - 0.1) < 1e-9  # the baseline the first learned
+    # The resolution carries the opening's numbers, so either event alone makes the record.
+    assert events[0].opened["rate"] == opened.opened["rate"]
+    assert events[0].opened["job_ids"] == opened.opened["job_ids"]
+
+
+@pytest.mark.parametrize("damage", ["garbled", "foreign", "flushed"])
+def test_a_garbled_or_lost_state_learns_again_without_error(
+        built: Services, db: redis.Redis, damage: str) -> None:
+    configure(built, "L1", FAST)
+    health = LineHealth(built.settings, built.redis, built.index)
+    drive(health, HEALTHY + [R] * 30, until=lambda e: e.event == "opened")
+    key = keyspace.linehealth_state(TENANT, "L1/*/reject")
+    if damage == "garbled":
+        db.set(key, b'{"version": 1, "stream": "L1/*/reject", "images": -4, "cusum": "x')
+    elif damage == "foreign":
+        db.set(key, LineHealthMonitor(StreamKey("L9", "reject"), MonitorConfig()).to_json())
+    else:
+        db.flushdb()
+        configure(built, "L1", FAST)
+    events = drive(health, [P] * 5)
+    assert events == []
+    fresh = state(db, "L1", "reject")
+    assert fresh.images == 5 and fresh.alert is None and fresh.learned_images == 0
+    # It learns again and alerts again on a real rise.
+    events = drive(health, HEALTHY[5:] + [R] * 30, until=lambda e: e.event == "opened")
+    assert [e.event for e in events] == ["opened"]
+
+
+def test_the_inspect_task_feeds_its_line_once_per_job(services: Services) -> None:
+    """Through the real stages: a REJECTed job feeds the line's three rates, a job that
+    fails (not an image) only the failure rate, and a redelivery of a done job counts
+    nothing more."""
+    done = submit(services, png(strip_with_scratch(seed=41)), line="strip-9")
+    assert inspect_job(services, done).result.decision == "REJECT"
+    failed = submit(services, b"not an image at all", line="strip-9")
+    assert inspect_job(services, failed).status == "failed"
+    inspect_job(services, done)  # delivered again: found done
+    client = services.redis
+    assert state(client, "strip-9", "reject").images == 1
+    assert state(client, "strip-9", "reject").pending_events == 1
+    assert state(client, "strip-9", "review").images == 1
+    failure = state(client, "strip-9", "failure")
+    assert (failure.images, failure.pending_events) == (2, 1)
