@@ -22,8 +22,7 @@ from devstack import procs, seaweed
 from devstack.ports import free_port, http_ok, port_open, wait_until
 from inspectq.config import Settings
 from inspectq.index import JobFilter, ResultsIndex
-from inspectq.keyspace import QUEUE
-from inspectq.queue import make_celery
+from inspectq.queue import WORKER_QUEUES, make_celery
 from inspectq.storage import ObjectStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,7 +179,7 @@ def services(config: StackConfig) -> dict[str, procs.Service]:
         ),
         "worker": procs.Service(
             name="worker",
-            argv=[venv_bin("celery"), "-A", "workers.main", "worker", "-Q", QUEUE,
+            argv=[venv_bin("celery"), "-A", "workers.main", "worker", "-Q", WORKER_QUEUES,
                   "--concurrency", str(config.worker_concurrency), "-O", "fair",
                   "--loglevel", "INFO", "--hostname", "inspectq-local@%h"],
             ready=_worker_ready(config),

@@ -1,10 +1,13 @@
 """The workers' Celery app: :func:`inspectq.queue.make_celery` plus the tasks and signals.
 
-Two tasks are registered:
+The tasks:
 
 * ``inspectq.inspect`` (one argument, the job id): :func:`workers.tasks.inspect_job`;
 * ``inspectq.reconcile`` (no argument): :func:`workers.reconcile.reconcile`, run every
-  ``reconcile_interval_s`` by Celery beat (``celery -A workers.main beat``).
+  ``reconcile_interval_s`` by Celery beat (``celery -A workers.main beat``);
+* on the ``inspectq-notify`` queue (a worker consumes it with ``-Q inspectq,inspectq-notify``):
+  ``inspectq.alert-event``, ``inspectq.notify`` and ``inspectq.alert-sweep`` (beat, every
+  ``reconcile_interval_s``), see :mod:`workers.alert_delivery`.
 
 Clients (S3, Redis, Triton) are built lazily in the process that runs tasks, never in the
 parent before the prefork pool forks; ``worker_process_init`` drops anything a child
@@ -23,8 +26,18 @@ from kombu.exceptions import OperationalError
 
 from inspectq.config import Settings
 from inspectq.jobs import JobError, is_job_id
-from inspectq.queue import INSPECT_TASK, RECONCILE_TASK, TimeLimits, make_celery
+from inspectq.keyspace import NOTIFY_QUEUE
+from inspectq.queue import (
+    ALERT_EVENT_TASK,
+    ALERT_SWEEP_TASK,
+    INSPECT_TASK,
+    NOTIFY_TASK,
+    RECONCILE_TASK,
+    TimeLimits,
+    make_celery,
+)
 from inspectq.storage import StorageUnavailable
+from workers.alert_delivery import AlertDelivery, longest_delay_s
 from workers.reconcile import reconcile
 from workers.services import Services, build_services
 from workers.tasks import RetryLater, inspect_job
@@ -78,10 +91,24 @@ def create_app(settings: Settings) -> Celery:
                 "task": RECONCILE_TASK,
                 "schedule": float(settings.reconcile_interval_s),
                 "options": {"expires": float(settings.reconcile_interval_s)},
-            }
+            },
+            "alert-sweep": {
+                "task": ALERT_SWEEP_TASK,
+                "schedule": float(settings.reconcile_interval_s),
+                "options": {"expires": float(settings.reconcile_interval_s),
+                            "queue": NOTIFY_QUEUE},
+            },
         },
     )
     services = ProcessServices(settings)
+    current: list[AlertDelivery] = []
+
+    def delivery() -> AlertDelivery:
+        """The notify queue's work over this process's services (built again with them)."""
+        built = services.get()
+        if not current or current[0].services is not built:
+            current[:] = [AlertDelivery(built, app)]
+        return current[0]
 
     class InspectTask(Task):  # type: ignore[misc]
         def on_failure(self, exc: Exception, task_id: str, args: tuple, kwargs: dict,
@@ -99,9 +126,10 @@ def create_app(settings: Settings) -> Celery:
                 return
             code = "timeout" if isinstance(exc, TimeLimitExceeded) else "internal_error"
             try:
-                services.get().jobs.finish(
+                failed = services.get().jobs.finish(
                     job_id, error=JobError(code=code, message=f"{type(exc).__name__}: {exc}")
                 )
+                services.get().line_health.observe(failed)
             except Exception:
                 log.exception("job %s: could not record its failure (%s)", job_id, code)
 
@@ -121,6 +149,34 @@ def create_app(settings: Settings) -> Celery:
     @app.task(name=RECONCILE_TASK, shared=False)
     def reconcile_task() -> dict[str, int]:
         return reconcile(services.get(), app).counts()
+
+    @app.task(name=ALERT_EVENT_TASK, bind=True, shared=False, max_retries=None)
+    def alert_event(task: Task, alert_id: str, event: str, attempt: int = 0) -> None:
+        try:
+            countdown = delivery().handle_event(alert_id, event, attempt)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            log.warning("alert %s: Redis unreachable (%s); %s event retried", alert_id, error,
+                        event)
+            countdown = longest_delay_s(settings)
+        if countdown is not None:
+            raise task.retry(countdown=countdown, kwargs={"attempt": attempt + 1})
+
+    @app.task(name=NOTIFY_TASK, bind=True, shared=False, max_retries=None)
+    def notify(task: Task, alert_id: str, event: str, channel: str, attempt: int = 0) -> str:
+        try:
+            outcome = delivery().notify(alert_id, event, channel, attempt)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            log.warning("alert %s: Redis unreachable (%s); %s on %s retried", alert_id, error,
+                        event, channel)
+            raise task.retry(countdown=longest_delay_s(settings),
+                             kwargs={"attempt": attempt}) from error
+        if outcome.countdown is not None:
+            raise task.retry(countdown=outcome.countdown, kwargs={"attempt": outcome.attempts})
+        return outcome.kind
+
+    @app.task(name=ALERT_SWEEP_TASK, shared=False)
+    def alert_sweep() -> int:
+        return delivery().sweep()
 
     def on_process_init(**_: object) -> None:
         services.drop()

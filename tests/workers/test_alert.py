@@ -4,9 +4,17 @@ standing in for Slack, and real ``celery worker`` processes."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,23 +26,28 @@ from sqlalchemy import make_url
 
 from devstack.ports import free_port
 from inspectq import keyspace
-from inspectq.alerting import AlertEvent, LineAlerting
+from inspectq.alerting import AlertEvent, LineAlerting, QuietHours
 from inspectq.config import Settings
 from inspectq.index import ResultsIndex
 from inspectq.index.alerts import AlertIndex, LineAlertingStore
 from inspectq.jobs import JobRecord
 from inspectq.linehealth import LineHealthMonitor, MonitorConfig, MonitorState, StreamKey
+from inspectq.queue import WORKER_QUEUES, make_celery
 from inspectq.result import Decision
+from tests.conftest import settings_env
 from tests.index.conftest import make_record
 from tests.receiver import Receiver
+from tests.tcp_proxy import TcpProxy
 from tests.workers.conftest import (
     CLOSED_PORT_URL,
     REDIS_URL,
     png,
     strip_with_scratch,
     submit,
+    wait_for,
 )
 from workers.alert import LineHealth
+from workers.alert_delivery import AlertDelivery
 from workers.services import Services, build_services
 from workers.tasks import inspect_job
 
@@ -255,3 +268,161 @@ def test_the_inspect_task_feeds_its_line_once_per_job(services: Services) -> Non
     assert state(client, "strip-9", "review").images == 1
     failure = state(client, "strip-9", "failure")
     assert (failure.images, failure.pending_events) == (2, 1)
+
+
+# --- the notify queue -----------------------------------------------------------------------
+
+
+class NotifyWorker:
+    """A real ``celery worker`` consuming both queues, as the stack runs it."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-Q",
+             WORKER_QUEUES, "-O", "fair", "--concurrency", "2",
+             "--pool", "prefork", "-l", "INFO", "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "-n", f"notify-{time.monotonic_ns()}@%h"],
+            env=settings_env(settings), stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        wait_for(lambda: b"ready." in log_path.read_bytes() or self.process.poll() is not None,
+                 30, "celery worker ready")
+        assert self.process.poll() is None, self.log()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self._log.close()
+
+
+def test_a_receiver_that_fails_twice_gets_the_alert_exactly_once(
+        built: Services, slack: Receiver, smtp: tuple[int, Inbox], tmp_path: Path) -> None:
+    """The opening goes through the notify queue of a real worker: Slack answers 500 twice,
+    then takes it; it is sent three times, received once, and each channel's delivery is
+    recorded on the alert (attempts, the last error, delivered_at)."""
+    slack.fail_next = [500, 500]
+    worker = NotifyWorker(built.settings, tmp_path / "worker.log")
+    try:
+        opened = open_alert(built)
+        alerts = AlertIndex(built.index)
+
+        def delivered() -> dict | None:
+            found = alerts.get(TENANT, opened.id)
+            states = {d["channel"]: d["state"] for d in (found or {}).get("deliveries", [])}
+            return found if states == {"slack": "delivered", "email": "delivered"} else None
+
+        found = wait_for(delivered, 60, "both deliveries recorded")
+        time.sleep(2.0)  # any stray copy would have been sent by now
+    finally:
+        worker.stop()
+    assert slack.attempts == 3 and len(slack.received) == 1, worker.log()
+    payload = json.loads(slack.received[0].body)
+    t = opened.transition
+    assert payload["blocks"][0]["text"]["text"] == (
+        f"REJECT rate alert on line L1: {t.rate:.1%} (baseline {t.baseline:.1%})")
+    assert f"({t.events} of {t.window})" in json.dumps(payload)
+    [mail] = smtp[1].messages
+    assert mail["To"] == "qa@factory.example" and "REJECT rate alert on line L1" in mail["Subject"]
+    assert found["state"] == "open" and found["rate"] == t.rate and found["window"] == t.window
+    assert found["job_ids"] and found["job_ids"] == list(t.job_ids)
+    slack_delivery = next(d for d in found["deliveries"] if d["channel"] == "slack")
+    assert slack_delivery["attempts"] == 3 and slack_delivery["delivered_at"]
+    assert "HTTP 500" in slack_delivery["last_error"]
+    assert next(d for d in found["deliveries"] if d["channel"] == "email")["attempts"] == 1
+
+
+def test_a_duplicated_message_never_sends_twice(built: Services, slack: Receiver) -> None:
+    """Eight copies of one notification at once: one sends, each other finds it sending
+    (busy, to look again later) or sent (duplicate). A late copy after Redis lost the sent
+    marker finds the index's delivered row."""
+    opened = open_alert(built)
+    delivery = AlertDelivery(built, make_celery(built.settings))
+    assert delivery.handle_event(opened.id, "opened") is None  # written to the index
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def copy() -> None:
+        barrier.wait()
+        outcomes.append(delivery.notify(opened.id, "opened", "slack").kind)
+
+    threads = [threading.Thread(target=copy) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(slack.received) == 1 and slack.attempts == 1
+    assert outcomes.count("delivered") == 1, outcomes
+    assert set(outcomes) <= {"delivered", "busy", "duplicate"}, outcomes
+    assert delivery.notify(opened.id, "opened", "slack").kind == "duplicate"
+    built.redis.delete(keyspace.alert_sent(opened.id, "opened", "slack"))
+    assert delivery.notify(opened.id, "opened", "slack").kind == "duplicate"
+    assert len(slack.received) == 1 and slack.attempts == 1
+
+
+def test_quiet_hours_defer_sending_not_the_alert(built: Services, slack: Receiver) -> None:
+    opened = open_alert(built)
+    now = datetime.now(UTC)
+    quiet = QuietHours(start=(now - timedelta(hours=1)).strftime("%H:%M"),
+                       end=(now + timedelta(hours=1)).strftime("%H:%M"))
+    configure(built, "L1", FAST.model_copy(update={"quiet_hours": quiet}))
+    delivery = AlertDelivery(built, make_celery(built.settings))
+    assert delivery.handle_event(opened.id, "opened") is None
+    outcome = delivery.notify(opened.id, "opened", "slack")
+    assert outcome.kind == "deferred" and outcome.attempts == 0
+    assert outcome.countdown == built.settings.alert_retry_max_s + 1  # hops of at most 5 s
+    assert slack.attempts == 0
+    alerts = AlertIndex(built.index)
+    found = alerts.get(TENANT, opened.id)
+    assert found is not None and found["state"] == "open"  # recorded all the same
+    [waiting] = [d for d in found["deliveries"] if d["channel"] == "slack"]
+    ends = quiet.until(time.time())
+    assert waiting["state"] == "deferred" and ends is not None
+    assert datetime.fromisoformat(waiting["next_attempt_at"]).timestamp() == pytest.approx(
+        ends, abs=60)
+    # Quiet hours over (or changed): the next hop sends.
+    configure(built, "L1", FAST)
+    assert delivery.notify(opened.id, "opened", "slack").kind == "delivered"
+    assert len(slack.received) == 1
+
+
+def test_with_the_database_down_the_alert_waits_in_redis_and_is_still_sent(
+        built: Services, slack: Receiver) -> None:
+    """The index is unreachable when an alert opens: nothing is lost. The event stays in
+    Redis (outbox) and is retried; Slack is sent meanwhile and its delivery recorded once
+    the database is back."""
+    proxy = TcpProxy(("127.0.0.1", make_url(built.settings.database_url).port or 5432),
+                     free_port())
+    proxy.restore()
+    through = make_url(built.settings.database_url).set(port=proxy.port)
+    cut_off = build_services(built.settings.model_copy(update={
+        "database_url": through.render_as_string(hide_password=False)}))
+    try:
+        opened = open_alert(cut_off)
+        proxy.cut()
+        delivery = AlertDelivery(cut_off, make_celery(cut_off.settings))
+        countdown = delivery.handle_event(opened.id, "opened")
+        assert countdown is not None and countdown <= 5
+        member = keyspace.alert_outbox_member(opened.id, "opened")
+        assert built.redis.zscore(keyspace.ALERT_OUTBOX, member) is not None
+        sent = delivery.notify(opened.id, "opened", "slack")
+        assert sent.kind == "retry" and len(slack.received) == 1  # sent; recording waits
+        assert AlertIndex(built.index).get(TENANT, opened.id) is None
+        # A lost message: the sweep hands the event on again once it is due.
+        assert delivery.sweep(now=time.time() + 3600) == 1
+        proxy.restore()
+        assert delivery.handle_event(opened.id, "opened", attempt=1) is None
+        assert built.redis.zscore(keyspace.ALERT_OUTBOX, member) is None
+        assert delivery.notify(opened.id, "opened", "slack", attempt=1).kind == "duplicate"
+        found = AlertIndex(built.index).get(TENANT, opened.id)
+        assert found is not None and found["rate"] == opened.transition.rate
+        assert {d["channel"]: d["state"] for d in found["deliveries"]} == {
+            "slack": "delivered", "email": "pending"}
+        assert len(slack.received) == 1
+    finally:
+        proxy.cut()
+        cut_off.index.close()
