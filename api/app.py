@@ -18,6 +18,7 @@ from api.errors import register_error_handlers
 from api.health import health_blueprint
 from api.openapi import complete
 from api.ratelimit import install_rate_limits
+from api.routes.alerts import add_alert_routes
 from api.routes.batches import add_batch_routes
 from api.routes.common import raise_validation_error
 from api.routes.jobs import add_job_routes
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     add_job_routes(v1, spec)
     add_batch_routes(v1, spec)
     add_results_routes(v1, spec)
+    add_alert_routes(v1, spec)
     install_rate_limits(app, settings, v1)
     app.register_blueprint(v1)
     app.register_blueprint(health_blueprint())

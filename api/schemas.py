@@ -20,6 +20,7 @@ from pydantic import (
 )
 from werkzeug.datastructures import FileStorage
 
+from inspectq.alerting import EffectiveAlerting, LineAlerting
 from inspectq.feedback import Feedback
 from inspectq.jobs import RetryState, Status
 from inspectq.result import Decision, InspectionResult
@@ -374,3 +375,105 @@ class DeliveryOut(BaseModel):
 
 class DeliveriesOut(BaseModel):
     deliveries: list[DeliveryOut]
+
+
+# --- Line health alerts (api/routes/alerts.py) ---------------------------------------------
+
+AlertStateName = Literal["open", "acknowledged", "resolved"]
+
+
+def _no_nul(value: str | None) -> str | None:
+    """Text stored in the index: PostgreSQL text cannot hold NUL."""
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+class AlertListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    line: Name | None = None
+    state: AlertStateName | None = Field(
+        default=None, description="open (neither acknowledged nor resolved), acknowledged "
+        "(still open) or resolved.")
+    limit: int = Field(default=50, ge=1, le=1000)
+    cursor: str | None = Field(
+        default=None, max_length=200, description="next_cursor of the previous page.")
+
+
+class AlertDeliveryOut(BaseModel):
+    event: Literal["opened", "resolved"]
+    channel: Literal["slack", "email", "webhook"]
+    state: Literal["pending", "deferred", "delivered", "failed"] = Field(
+        description="deferred: waiting for the line's quiet hours to end.")
+    attempts: int
+    last_error: str | None
+    last_attempt_at: str | None
+    next_attempt_at: str | None
+    delivered_at: str | None
+
+
+class AlertResolutionOut(BaseModel):
+    reason: str = Field(description="recovered, or relearn (the baseline was reset).")
+    rate: float = Field(description="The rate over the last spike window at the resolution.")
+    baseline: float
+    limit: float
+    window: int
+    events: int
+
+
+class AlertOut(BaseModel):
+    """One line-health alert: what tripped, the numbers at its opening, its resolution and
+    acknowledgement, and each channel's delivery."""
+
+    id: str
+    line: str
+    camera: str | None
+    rate_kind: Literal["reject", "review", "failure"]
+    test: Literal["spike", "shift"] = Field(
+        description="spike: p-chart over the last window; shift: CUSUM (sustained rise).")
+    state: AlertStateName
+    rate: float = Field(description="The observed rate over `window` images at the opening.")
+    baseline: float = Field(description="The line's learned in-control rate.")
+    limit: float = Field(description="The rate above which that window is out of control.")
+    window: int
+    events: int = Field(description="Images of the rate (e.g. REJECTs) in the window.")
+    job_ids: list[str] = Field(description="A few offending jobs (see their overlays).")
+    opened_at: str
+    resolved_at: str | None
+    resolution: AlertResolutionOut | None
+    acknowledged_at: str | None
+    acknowledged_by: str | None
+    ack_note: str | None
+    deliveries: list[AlertDeliveryOut]
+
+
+class AlertPageOut(BaseModel):
+    alerts: list[AlertOut] = Field(description="Newest opening first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+class AckIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    by: str | None = Field(default=None, max_length=200, description="Who saw it.")
+    note: str | None = Field(default=None, max_length=2000)
+
+    _text = field_validator("by", "note")(_no_nul)
+
+
+class LineAlertingIn(LineAlerting):
+    """A line's alerting overrides (a PUT replaces all of them; a field left out takes the
+    global default)."""
+
+
+class EffectiveAlertingOut(EffectiveAlerting):
+    """The configuration the line's monitors use: the overrides over the defaults."""
+
+
+class LineAlertingOut(BaseModel):
+    line: str
+    config: LineAlertingIn = Field(description="This line's overrides.")
+    effective: EffectiveAlertingOut
+    channels_available: list[Literal["slack", "email", "webhook"]] = Field(
+        description="The channels this deployment has configured.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from inspectq_cli.alerts import alerts
 from inspectq_cli.callbacks import callbacks
 from inspectq_cli.client import feedback, results, submit, wait
 from inspectq_cli.dataset import dataset
@@ -41,6 +42,7 @@ cli.add_command(results)
 cli.add_command(feedback)
 cli.add_command(index)
 cli.add_command(callbacks)
+cli.add_command(alerts)
 cli.add_command(dataset)
 
 
