@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from pydantic import SecretStr
 from sqlalchemy import make_url
 
 from devstack.client import InspectqClient
@@ -19,6 +20,11 @@ from tests.conftest import fresh_postgres
 from tests.tcp_proxy import TcpProxy
 
 REDIS_DB = 12
+#: Where the stack sends alerts (fixed at start-up): test_alerts_e2e.py starts a real SMTP
+#: server and an HTTP receiver standing in for Slack on these ports.
+ALERT_SMTP_PORT = free_port()
+ALERT_SLACK_PORT = free_port()
+ALERT_SLACK_URL = f"http://127.0.0.1:{ALERT_SLACK_PORT}/services/T0/B0/e2e"
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +44,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database_proxy: TcpProxy
     config = isolated_config(tmp_path_factory.mktemp("stack"), REDIS_DB, s3_bucket="e2e",
                              database_url=through_proxy,
                              # the tests' receivers listen on 127.0.0.1; retries every <=8 s
-                             callback_allow_private=True, callback_retry_max_s=8)
+                             callback_allow_private=True, callback_retry_max_s=8,
+                             # alerts go to the receivers test_alerts_e2e.py starts
+                             smtp_host="127.0.0.1", smtp_port=ALERT_SMTP_PORT,
+                             alert_email_to="qa@factory.example",
+                             slack_webhook_url=SecretStr(ALERT_SLACK_URL),
+                             alert_retry_base_s=0.5, alert_retry_max_s=8)
     redis.Redis.from_url(config.settings.redis_url).flushdb()
     try:
         up(config)
