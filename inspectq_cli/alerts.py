@@ -14,6 +14,8 @@ from pydantic import ValidationError
 from inspectq.alerting import LineAlerting, check_line, describe
 from inspectq.backends import Backends
 from inspectq.index.alerts import AlertIndex, LineAlertingStore
+from inspectq.keyspace import NOTIFY_QUEUE
+from inspectq.queue import ALERT_SWEEP_TASK, make_celery
 from inspectq_cli.ops import outages_as_errors
 from inspectq_cli.settings import load_settings
 
@@ -100,3 +102,13 @@ def config_command(line: str, tenant: str, assignments: tuple[str, ...]) -> None
                 raise click.ClickException(str(error)) from error
             LineAlertingStore(index, backends.redis).put(tenant, line, config)
     click.echo(json.dumps(describe(backends.settings, line, config), indent=2))
+
+
+@alerts.command("sweep")
+def sweep_command() -> None:
+    """Ask a worker to hand on alert events whose messages were lost or are late (Celery
+    beat does it every INSPECTQ_RECONCILE_INTERVAL_S; on Kubernetes a CronJob runs this)."""
+    settings = load_settings()
+    with outages_as_errors():
+        make_celery(settings).send_task(ALERT_SWEEP_TASK, queue=NOTIFY_QUEUE)
+    click.echo("alert sweep queued")
