@@ -69,7 +69,7 @@ def apply(config: LineAlerting, assignments: tuple[str, ...]) -> LineAlerting:
 
 @click.group()
 def alerts() -> None:
-    """Line health alerts (see docs/alerts.md).
+    """Line health alerts (see "Line health alerts" in README.md).
 
     \b
     Examples:
