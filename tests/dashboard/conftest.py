@@ -168,8 +168,10 @@ def _empty_index(stack: Stack) -> None:
     empty_index(str(stack.settings.database_url))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One Chromium per test module: its driver (a node process, and Playwright's event loop
+    on this thread) is gone before the rest of the suite runs."""
     if not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
     from playwright.sync_api import sync_playwright

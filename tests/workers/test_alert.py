@@ -177,7 +177,9 @@ def test_two_processes_at_once_count_each_job_once(built: Services, db: redis.Re
     decisions = [R if i % 7 == 0 else V if i % 11 == 0 else P for i in range(600)]
     records = [record(d) for d in decisions]
     records[5] = record(None)  # one failed job: the failure stream only
-    context = multiprocessing.get_context("fork")
+    # spawn, not fork: a forked copy of this test process inherits its threads' locks (the
+    # Redis listeners, a browser driver of the dashboard tests) and can hang on one.
+    context = multiprocessing.get_context("spawn")
     start = context.Event()
     workers = [context.Process(target=_observe_in_process,
                                args=(built.settings, part, start))
