@@ -55,6 +55,8 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
 def complete(document: dict[str, Any]) -> dict[str, Any]:
     """Add what the models cannot say to spectree's ``document`` (changed in place)."""
     paths = document["paths"]
+    for path in [path for path in paths if path.startswith("/dashboard")]:
+        del paths[path]  # the web dashboard's pages and files are not part of the API
     create_job = paths["/v1/jobs"]["post"]
     create_job["requestBody"]["content"]["image/*"] = {"schema": BINARY}
     for operation in (create_job, paths["/v1/batches"]["post"]):

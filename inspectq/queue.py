@@ -130,3 +130,8 @@ def pending_count(redis_client: redis.Redis) -> int:
     pipe.hlen(UNACKED)
     queued, in_flight = pipe.execute()
     return int(queued) + int(in_flight)
+
+
+def request_alert_sweep(app: Celery) -> None:
+    """Ask a worker to hand on alert events whose messages were lost or are late."""
+    _send(app, ALERT_SWEEP_TASK, [], NOTIFY_QUEUE)

@@ -14,8 +14,7 @@ from pydantic import ValidationError
 from inspectq.alerting import LineAlerting, check_line, describe
 from inspectq.backends import Backends
 from inspectq.index.alerts import AlertIndex, LineAlertingStore
-from inspectq.keyspace import NOTIFY_QUEUE
-from inspectq.queue import ALERT_SWEEP_TASK, make_celery
+from inspectq.queue import make_celery, request_alert_sweep
 from inspectq_cli.ops import outages_as_errors
 from inspectq_cli.settings import load_settings
 
@@ -110,5 +109,5 @@ def sweep_command() -> None:
     beat does it every INSPECTQ_RECONCILE_INTERVAL_S; on Kubernetes a CronJob runs this)."""
     settings = load_settings()
     with outages_as_errors():
-        make_celery(settings).send_task(ALERT_SWEEP_TASK, queue=NOTIFY_QUEUE)
+        request_alert_sweep(make_celery(settings))
     click.echo("alert sweep queued")

@@ -32,7 +32,7 @@ def test_no_server_errors(fuzz_app: Flask, redis_client: object) -> None:
     schema = schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app)
     operations = [result.ok() for result in schema.get_all_operations()]
     operations = [op for op in operations if op.path != "/readyz"]
-    assert len(operations) == 22  # 17 /v1 operations, 3 of /dashboard, /healthz, /metrics
+    assert len(operations) == 19  # 17 /v1 operations, /healthz, /metrics
     for operation in operations:
 
         @given(case=operation.as_strategy())

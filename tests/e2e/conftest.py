@@ -6,6 +6,7 @@ gunicorn, on free ports, with the machine's Redis (DB 12) and PostgreSQL (databa
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -22,8 +23,24 @@ from tests.tcp_proxy import TcpProxy
 REDIS_DB = 12
 #: Where the stack sends alerts (fixed at start-up): test_alerts_e2e.py starts a real SMTP
 #: server and an HTTP receiver standing in for Slack on these ports.
-ALERT_SMTP_PORT = free_port()
-ALERT_SLACK_PORT = free_port()
+
+
+def _reserved_range_port(start: int) -> int:
+    """A free port below the kernel's ephemeral range, which ``free_port()`` draws from: the
+    stack is configured with these ports long before the alert test binds them, and a port
+    from the ephemeral range could be handed to another server meanwhile."""
+    for port in range(start, start + 500):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port from {start}")
+
+
+ALERT_SMTP_PORT = _reserved_range_port(21500)
+ALERT_SLACK_PORT = _reserved_range_port(ALERT_SMTP_PORT + 1)
 ALERT_SLACK_URL = f"http://127.0.0.1:{ALERT_SLACK_PORT}/services/T0/B0/e2e"
 
 
