@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, jsonify, request
+from flask import Response, g, jsonify, request
 from pydantic import ValidationError
 
 from api.errors import ApiError
 from api.idempotency import check_key
 from api.ingest import Accepted
 from api.schemas import JobAccepted
+from api.services import services
 from inspectq.config import Settings
+from inspectq.jobs import JobRecord, is_job_id
 
 
 def raise_validation_error(
@@ -64,3 +66,13 @@ def unsupported_body() -> ApiError:
         "Send multipart/form-data with an `image` file, or the raw image with an image/*"
         " Content-Type.",
     )
+
+
+def own_job(job_id: str) -> JobRecord:
+    """The caller's job, or 404 (for malformed ids, unknown ids and other tenants' jobs)."""
+    if not is_job_id(job_id):
+        raise not_found(job_id)
+    record = services().jobs.get(job_id)
+    if record is None or record.tenant != g.tenant:
+        raise not_found(job_id)
+    return record

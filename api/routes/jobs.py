@@ -18,12 +18,13 @@ from api.routes.common import (
     accepted_response,
     idempotency_key,
     not_found,
+    own_job,
     unsupported_body,
 )
 from api.schemas import ErrorOut, JobAccepted, JobForm, JobOptions, JobOut, WaitQuery
 from api.services import services
 from api.uploads import read_part, read_raw_body, set_body_limit
-from inspectq.jobs import JobRecord, Status, is_job_id
+from inspectq.jobs import JobRecord, Status
 from inspectq.keyspace import keys_for
 from inspectq.storage import StorageUnavailable
 
@@ -101,7 +102,7 @@ def add_job_routes(bp: Blueprint, spec: SpecTree) -> None:
         to end. Unknown ids, and other tenants' jobs, are 404."""
         svc = services()
         query: WaitQuery = request.context.query
-        _own_job(job_id)
+        own_job(job_id)
         record = svc.jobs.wait(job_id, min(query.wait, svc.settings.max_wait_s))
         if record is None:
             raise not_found(job_id)
@@ -124,18 +125,8 @@ def add_job_routes(bp: Blueprint, spec: SpecTree) -> None:
         return _artifact(job_id, "overlay")
 
 
-def _own_job(job_id: str) -> JobRecord:
-    """The caller's job, or 404 (for malformed ids, unknown ids and other tenants' jobs)."""
-    if not is_job_id(job_id):
-        raise not_found(job_id)
-    record = services().jobs.get(job_id)
-    if record is None or record.tenant != g.tenant:
-        raise not_found(job_id)
-    return record
-
-
 def _artifact(job_id: str, which: Literal["mask", "overlay"]) -> Response:
-    record = _own_job(job_id)
+    record = own_job(job_id)
     if not record.status.terminal:
         raise ApiError(
             409,

@@ -20,7 +20,7 @@ from spectree import Response as Responses
 from spectree import SpecTree
 
 from api.errors import ApiError
-from api.routes.common import not_found
+from api.routes.common import own_job
 from api.schemas import (
     BatchOut,
     DeliveriesOut,
@@ -40,7 +40,7 @@ from inspectq import keyspace
 from inspectq.feedback import FeedbackIn
 from inspectq.index import IndexUnavailable, JobFilter
 from inspectq.index.outbox import Outbox
-from inspectq.jobs import JobRecord, Status, is_batch_id, is_job_id
+from inspectq.jobs import JobRecord, Status, is_batch_id
 from inspectq.result import Decision
 
 SECURITY = {"bearer": []}
@@ -136,9 +136,7 @@ def add_results_routes(bp: Blueprint, spec: SpecTree) -> None:
         """The job's callback deliveries: URL, state (pending, delivered, failed),
         attempts, the last status or error, when it is tried next."""
         svc = services()
-        record = svc.jobs.get(job_id) if is_job_id(job_id) else None
-        if record is None or record.tenant != g.tenant:
-            raise not_found(job_id)
+        own_job(job_id)
         outbox = Outbox(svc.index, svc.settings.callback_retry_hours)
         return jsonify({"deliveries": outbox.of_job(g.tenant, job_id)})
 
@@ -161,9 +159,7 @@ def add_results_routes(bp: Blueprint, spec: SpecTree) -> None:
 
 
 def _own_ended_job(svc: Services, job_id: str) -> JobRecord:
-    record = svc.jobs.get(job_id) if is_job_id(job_id) else None
-    if record is None or record.tenant != g.tenant:
-        raise not_found(job_id)
+    record = own_job(job_id)
     if record.status is not Status.DONE:
         raise ApiError(409, "not_done", f"Job {job_id} is {record.status.value}: feedback is"
                        " for done jobs (a decision to confirm or correct).")
