@@ -50,13 +50,13 @@ def colour(class_index: int) -> tuple[int, int, int]:
 
 
 def _sample_bits(max_sample: int) -> int:
-    """The rule of ``workers.preprocess.sample_bits`` (the API cannot import the workers):
+    """The rule of ``inspectq.imaging.sample_bits`` (that module needs OpenCV, the API does not):
     16-bit samples hold the smallest of 9..16 bits whose range holds their largest value."""
     return max(9, int(max_sample).bit_length())
 
 
 def _upright_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB, upright, the way ``workers.preprocess.decode_image`` normalizes."""
+    """8-bit RGB, upright, the way ``inspectq.imaging.decode_image`` normalizes."""
     # Pillow has no 16-bit colour mode: it opens 16-bit RGB(A) PNGs and TIFFs as 8-bit from
     # each sample's high byte, and only the raw mode of the file's tiles (``RGB;16B``) tells.
     sixteen_bit_colour = any(";16" in str(tile.args) for tile in image.tile)

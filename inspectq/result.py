@@ -51,7 +51,7 @@ def decide(score: float, thresholds: Thresholds) -> Decision:
 
 class QualityIssue(StrEnum):
     """Why a frame may not show the part well enough to trust a PASS (the checks and their
-    thresholds are in ``workers/quality.py``)."""
+    thresholds are in ``inspectq/quality.py``)."""
 
     BLANK = "blank"
     SATURATED = "saturated"

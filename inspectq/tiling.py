@@ -1,5 +1,5 @@
 """Where the model's tiles fall along one side of an image: one rule, used by the workers to
-cut images (``workers.preprocess``) and by ingest to size a job's time limits
+cut images (``inspectq.imaging``) and by ingest to size a job's time limits
 (``inspectq.queue.time_limits``)."""
 
 from __future__ import annotations

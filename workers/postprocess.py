@@ -7,8 +7,8 @@ Stitching rules, where tiles overlap:
   defective (highest ``defect_prob``), so a defect seen well by one tile is not erased by a
   neighbour that sees it only at its border.
 
-The image score is the **max** over tiles of ``image_score``: a part is as bad as its worst
-tile, and a defect shown whole by one tile is not diluted by the clean tiles around it.
+The image score (the max over tiles) is ``inspectq.imaging.image_score``, shared with the
+trainer and ``inspectq model evaluate``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from inspectq.imaging import ModelInput
 from inspectq.result import Region
-from workers.preprocess import ModelInput
 
 
 def stitch(
@@ -94,7 +94,3 @@ def find_regions(
     regions.sort(key=lambda region: (-region.score, region.bbox))
     return regions
 
-
-def image_score(tile_scores: np.ndarray) -> float:
-    """The image's defect score: the max over its tiles (see the module docstring)."""
-    return float(np.max(tile_scores))

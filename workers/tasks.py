@@ -42,16 +42,16 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from inspectq import keyspace
+from inspectq.imaging import UndecodableImage, decode_image, image_score, make_model_input
 from inspectq.jobs import JobError, JobRecord, RetryState, Status, is_job_id
+from inspectq.quality import check_quality
 from inspectq.queue import TimeLimits, max_hard_limit_s
 from inspectq.result import InspectionResult, Timings, apply_quality_rule, decide
 from inspectq.storage import StorageUnavailable
 from workers import cache, deadletter
 from workers.fetch import ImageMissing, fetch_image
 from workers.infer import ModelContractError, TritonUnavailable
-from workers.postprocess import find_regions, image_score, stitch
-from workers.preprocess import UndecodableImage, decode_image, make_model_input
-from workers.quality import check_quality
+from workers.postprocess import find_regions, stitch
 from workers.record import record_result
 from workers.render import mask_png, write_mask
 from workers.services import Services

@@ -14,7 +14,7 @@ from PIL import Image
 
 from api.errors import ApiError
 from api.images import validate_image
-from workers.preprocess import UndecodableImage, decode_image
+from inspectq.imaging import UndecodableImage, decode_image
 
 MAX_PIXELS = 40_000_000
 

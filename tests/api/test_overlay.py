@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from api.overlay import colour, render_overlay
+from inspectq.imaging import decode_image
 from inspectq.result import (
     Decision,
     ImageQuality,
@@ -21,7 +22,6 @@ from inspectq.result import (
     Thresholds,
     Timings,
 )
-from workers.preprocess import decode_image
 
 CLASSES = ("background", "scratch", "pit")
 SIZE = (128, 96)

@@ -1,4 +1,4 @@
-"""The image-quality checks (``workers/quality.py``) on real arrays, and the rule that keeps a
+"""The image-quality checks (``inspectq/quality.py``) on real arrays, and the rule that keeps a
 frame with quality issues from PASS (``inspectq.result.apply_quality_rule``)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from devstack import samples
+from inspectq.quality import check_quality
 from inspectq.result import (
     Decision,
     ImageQuality,
@@ -20,7 +21,6 @@ from inspectq.result import (
 from tests.workers.conftest import slow_image, strip_with_scratch
 from triton_models.synth import DEFECT_CLASSES, render
 from workers.cache import ModelAnswer
-from workers.quality import check_quality
 
 BLANK, SATURATED = QualityIssue.BLANK, QualityIssue.SATURATED
 LOW_CONTRAST, OUT_OF_FOCUS = QualityIssue.LOW_CONTRAST, QualityIssue.OUT_OF_FOCUS

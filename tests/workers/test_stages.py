@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from inspectq.imaging import UndecodableImage, decode_image, image_score, make_model_input
 from inspectq.result import Decision, Thresholds, decide
 from inspectq.tiling import tile_starts
-from workers.postprocess import find_regions, image_score, stitch
-from workers.preprocess import UndecodableImage, decode_image, make_model_input
+from workers.postprocess import find_regions, stitch
 from workers.render import mask_png
 
 CLASSES = ("background", "scratch", "pit")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from inspectq.config import Settings
+from inspectq.imaging import make_model_input
 from inspectq.jobs import ImageRef
 from inspectq.queue import TimeLimits, max_hard_limit_s, time_limits
 from inspectq.tiling import tiles_along
-from workers.preprocess import make_model_input
 
 
 @pytest.mark.parametrize(("width", "height"), [

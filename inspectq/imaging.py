@@ -1,4 +1,7 @@
-"""Stage 3: decode the image and cut it into model input tiles.
+"""How an image becomes model input, and the tile scores an image score: one copy of the rule,
+used by the workers (stage 3, ``preprocess``, and the image score of ``postprocess``), the
+trainer and ``inspectq model evaluate`` (``triton_models.evaluate``), so a model is measured
+on exactly the tiles the service sends it.
 
 Decoding normalizes every supported file (JPEG, PNG, BMP, TIFF; grayscale, RGB, RGBA, 8 or
 16 bit unsigned samples) to 8-bit RGB, because the model contract takes RGB 0..255:
@@ -22,6 +25,9 @@ all workers batch together in Triton. How an image becomes tiles:
   of each row and column moved back to end exactly at the image edge, so every pixel is
   covered and no tile reads past the image. A side shorter than a tile (e.g. 200 x 1600) is
   first padded by mirroring up to ``tile_size``; the padding is cropped off after stitching.
+
+The image score is the **max** over tiles of ``image_score``: a part is as bad as its worst
+tile, and a defect shown whole by one tile is not diluted by the clean tiles around it.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ class UndecodableImage(Exception):
 def sample_bits(max_sample: int) -> int:
     """The bit depth of 16-bit samples whose largest value is ``max_sample``: the smallest of
     9..16 bits whose range holds it (511 -> 9, 4095 -> 12, 4096 -> 13, 65535 -> 16).
-    ``api/overlay.py`` applies the same rule (it cannot import the workers)."""
+    ``api/overlay.py`` applies the same rule to Pillow images (the API needs no OpenCV)."""
     return max(9, int(max_sample).bit_length())
 
 
@@ -122,3 +128,8 @@ def make_model_input(image: np.ndarray, tile: int, stride: int) -> ModelInput:
         padded_shape=(padded_h, padded_w),
         resized=False,
     )
+
+
+def image_score(tile_scores: np.ndarray) -> float:
+    """The image's defect score: the max over its tiles (see the module docstring)."""
+    return float(np.max(tile_scores))
