@@ -150,6 +150,11 @@ class JobRecord(BaseModel):
         """Where this done job's mask is (older records: the one fixed key)."""
         return self.mask_key or keyspace.keys_for(self.id).mask
 
+    @property
+    def heatmap(self) -> str | None:
+        """Where this done job's defect-probability heatmap is (None for older records)."""
+        return keyspace.heatmap_beside(self.mask)
+
     def public(self) -> dict[str, Any]:
         """What a client sees: no tenant, no internal keys."""
         body: dict[str, Any] = {

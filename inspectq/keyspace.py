@@ -12,6 +12,8 @@ S3 (the durable record)::
     jobs/<job>/mask-<run>.png   class index per pixel, one per run of the job: the job's
                                 record names the one behind its recorded outcome
     jobs/<job>/mask.png         the same, as written before per-run masks (older jobs)
+    jobs/<job>/heatmap-<run>.png  defect probability per pixel (grey, 255 = 1.0), written
+                                beside its run's mask (none beside a mask.png)
     jobs/<job>/overlay.png      drawn by the API on first request
     jobs/<job>/feedback/<at>-<token>.json   one operator feedback entry each
     pending/<job>               accepted record, until the reconciler sees the outcome
@@ -86,7 +88,6 @@ class JobKeys:
     def run_mask(self, run: str) -> str:
         """The mask one run of the job wrote (``run``: a random token per run)."""
         return f"{self.prefix}mask-{run}.png"
-
     @property
     def overlay(self) -> str:
         return self.prefix + "overlay.png"
@@ -107,6 +108,13 @@ RESULT_NAME = "result.json"
 def keys_for(job_id: str) -> JobKeys:
     """S3 keys of a job's objects."""
     return JobKeys(prefix=f"{JOBS_PREFIX}{job_id}/")
+
+
+def heatmap_beside(mask_key: str) -> str | None:
+    """The heatmap written with the run mask ``mask_key`` (``jobs/<job>/mask-<run>.png``);
+    None for a mask of before per-run masks, which has none."""
+    prefix, found, name = mask_key.rpartition("/mask-")
+    return f"{prefix}/heatmap-{name}" if found else None
 
 
 def job_id_of_result(key: str) -> str | None:

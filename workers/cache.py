@@ -3,8 +3,8 @@
 The model's answer (score, regions, size, and which job's S3 objects hold the mask) is kept
 in Redis at ``keyspace.inference_cache(<tenant>, <model sha256>, <image sha256>)`` (with the
 results' TTL), together with the tiling parameters it was made with. A later job of the same
-tenant with the same image copies the mask and reuses the regions and score; its decision is
-still made from its own thresholds. The cache is per tenant: a shared one would answer a
+tenant with the same image copies the mask and heatmap and reuses the regions and score; its
+decision is still made from its own thresholds. The cache is per tenant: a shared one would answer a
 second tenant faster and with ``cache_hit: true``, telling it that another tenant had
 inspected the same image. The cache lives in Redis, not S3, because it is only a cache:
 losing it costs one inference, while an S3 lookup and write would cost every new image two
@@ -25,7 +25,7 @@ from inspectq import keyspace
 from inspectq.jobs import JobRecord
 from inspectq.result import ImageQuality, Region
 from inspectq.storage import ObjectStore
-from workers.render import write_mask
+from workers.render import write_run_images
 
 
 class ModelAnswer(BaseModel):
@@ -60,12 +60,15 @@ def cached_answer(
     return answer if answer.params == params else None
 
 
-def copy_mask(store: ObjectStore, from_key: str, to_key: str) -> bool:
-    """Copy an earlier job's mask; False when it is gone (then infer again)."""
+def copy_run_images(store: ObjectStore, from_key: str, to_key: str) -> bool:
+    """Copy an earlier job's mask (at ``from_key``) and its heatmap; False when either is
+    gone (then infer again: an answer cached before heatmaps were written has none)."""
+    heatmap_key = keyspace.heatmap_beside(from_key)
     mask = store.get(from_key)
-    if mask is None:
+    heatmap = store.get(heatmap_key) if heatmap_key is not None else None
+    if mask is None or heatmap is None:
         return False
-    write_mask(store, to_key, mask)
+    write_run_images(store, to_key, mask, heatmap)
     return True
 
 
@@ -73,10 +76,10 @@ def lookup(
     cache: redis.Redis, store: ObjectStore, record: JobRecord, model_sha: str,
     params: dict[str, int], mask_key: str,
 ) -> ModelAnswer | None:
-    """The cached answer with its mask copied to ``mask_key`` (this run's), or None (infer
-    it)."""
+    """The cached answer with its mask and heatmap copied to ``mask_key`` (this run's) and
+    beside it, or None (infer it)."""
     answer = cached_answer(cache, record, model_sha, params)
-    if answer is None or not copy_mask(store, answer.mask_key, mask_key):
+    if answer is None or not copy_run_images(store, answer.mask_key, mask_key):
         return None
     return answer
 

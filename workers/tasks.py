@@ -7,7 +7,8 @@ The stages, in the order an image travels (each in the module named for it):
 3. ``preprocess``: decode (upright), check the frame's quality (``quality``), cut into tiles;
 4. ``infer``: the tiles through the model on Triton;
 5. ``postprocess``: stitch the tiles' outputs, find the defect regions;
-6. ``render``: the mask PNG, stored beside the image (and the answer remembered, stage 1);
+6. ``render``: the mask and heatmap PNGs, stored beside the image (and the answer
+   remembered, stage 1);
 7. decide: ``inspectq.result.decide``, from the score and the job's own thresholds, then
    ``apply_quality_rule`` (a frame with quality issues never PASSes);
 8. ``record``: the one outcome, to S3 and Redis;
@@ -53,7 +54,7 @@ from workers.fetch import ImageMissing, fetch_image
 from workers.infer import ModelContractError, TritonUnavailable
 from workers.postprocess import find_regions, stitch
 from workers.record import record_result
-from workers.render import mask_png, write_mask
+from workers.render import heatmap_png, mask_png, write_run_images
 from workers.services import Services
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,8 @@ def _ms(since: float) -> float:
 def _run_stages(services: Services, record: JobRecord, started: float
                 ) -> tuple[InspectionResult, str]:
     """Stages 1 to 7 (see the module docstring): reuse an earlier answer for the same bytes
-    and model, or fetch -> preprocess -> infer -> postprocess -> mask PNG; then decide.
+    and model, or fetch -> preprocess -> infer -> postprocess -> mask and heatmap PNGs; then
+    decide.
     Returns the result, not yet recorded, and the key of the mask this run wrote (its own:
     a second run in flight at the same time writes another, see ``JobRecord.mask_key``)."""
     settings, store = services.settings, services.store
@@ -232,7 +234,7 @@ def _run_stages(services: Services, record: JobRecord, started: float
         timings.postprocess_ms = _ms(clock)
 
         record_started = time.perf_counter()
-        write_mask(store, mask_key, mask_png(class_map))
+        write_run_images(store, mask_key, mask_png(class_map), heatmap_png(prob))
         cache.remember_answer(services.redis, record, info.sha256, answer,
                               settings.result_ttl_s)
     decision = apply_quality_rule(decide(answer.score, record.thresholds), answer.quality)

@@ -1,4 +1,5 @@
-"""``/v1/jobs``: submit one image, read a job's status, fetch its mask and overlay."""
+"""``/v1/jobs``: submit one image, read a job's status, fetch its mask, overlay and
+heatmap."""
 
 from __future__ import annotations
 
@@ -124,8 +125,17 @@ def add_job_routes(bp: Blueprint, spec: SpecTree) -> None:
         on the first request from the stored image and mask, then kept in S3."""
         return _artifact(job_id, "overlay")
 
+    @bp.get("/jobs/<job_id>/heatmap")
+    @spec.validate(resp=Responses(HTTP_409=ErrorOut, **_ERRORS), tags=["jobs"],
+                   security=SECURITY)
+    def get_heatmap(job_id: str) -> Response:
+        """The per-pixel defect probability (8-bit grey PNG: value v is a probability of
+        v/255; images longer than 1024 px get it scaled down to that long side); same rules
+        as the mask. Jobs inspected before heatmaps were stored have none (404)."""
+        return _artifact(job_id, "heatmap")
 
-def _artifact(job_id: str, which: Literal["mask", "overlay"]) -> Response:
+
+def _artifact(job_id: str, which: Literal["mask", "overlay", "heatmap"]) -> Response:
     record = own_job(job_id)
     if not record.status.terminal:
         raise ApiError(
@@ -139,6 +149,8 @@ def _artifact(job_id: str, which: Literal["mask", "overlay"]) -> Response:
     store, keys = services().store, keys_for(job_id)
     if which == "mask":
         data = store.get(record.mask)
+    elif which == "heatmap":
+        data = store.get(record.heatmap) if record.heatmap is not None else None
     else:
         data = store.get(keys.overlay) or _render_overlay(record)
     if data is None:

@@ -64,7 +64,7 @@ def test_a_done_job_shows_its_result_and_images(
     app: Flask, client: FlaskClient, job_id: str
 ) -> None:
     svc = services_of(app)
-    for suffix in ("mask", "overlay"):
+    for suffix in ("mask", "overlay", "heatmap"):
         response = client.get(f"/v1/jobs/{job_id}/{suffix}", headers=AUTH)
         assert response.status_code == 409 and response.json["error"]["code"] == "not_ready"
         assert response.headers["Retry-After"]
@@ -92,6 +92,24 @@ def test_a_done_job_shows_its_result_and_images(
     assert drawn.getpixel((0, 23)) == (220, 30, 30)  # the border, in REJECT's colour
     assert svc.store.get(keys_for(job_id).overlay) == got_overlay.data
     assert client.get(f"/v1/jobs/{job_id}/overlay", headers=AUTH).data == got_overlay.data
+    # Its mask has the key of before per-run masks: no heatmap was written beside it.
+    response = client.get(f"/v1/jobs/{job_id}/heatmap", headers=AUTH)
+    assert response.status_code == 404 and response.json["error"]["code"] == "no_artifact"
+
+
+def test_the_heatmap_is_the_one_written_beside_the_runs_mask(
+    app: Flask, client: FlaskClient, job_id: str
+) -> None:
+    svc = services_of(app)
+    mask_key = keys_for(job_id).run_mask("r1")
+    heatmap = png_of(Image.new("L", (32, 24), 200))
+    svc.store.put(mask_key, png_of(Image.new("L", (32, 24), 0)), "image/png")
+    svc.store.put(keys_for(job_id).prefix + "heatmap-r1.png", heatmap, "image/png")
+    svc.store.put(keys_for(job_id).prefix + "heatmap-r2.png", b"another run's", "image/png")
+    svc.jobs.finish(job_id, result=InspectionResult.model_validate(RESULT), mask_key=mask_key)
+    response = client.get(f"/v1/jobs/{job_id}/heatmap", headers=AUTH)
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert response.data == heatmap
 
 
 def test_a_failed_job_shows_its_reason_and_has_no_images(
@@ -103,8 +121,9 @@ def test_a_failed_job_shows_its_reason_and_has_no_images(
     body = client.get(f"/v1/jobs/{job_id}", headers=AUTH).json
     assert body["status"] == "failed"
     assert body["error"] == {"code": "undecodable", "message": "OpenCV could not decode it"}
-    response = client.get(f"/v1/jobs/{job_id}/mask", headers=AUTH)
-    assert response.status_code == 404 and response.json["error"]["code"] == "no_artifact"
+    for suffix in ("mask", "heatmap"):
+        response = client.get(f"/v1/jobs/{job_id}/{suffix}", headers=AUTH)
+        assert response.status_code == 404 and response.json["error"]["code"] == "no_artifact"
 
 
 def test_long_poll_returns_when_the_job_ends(
@@ -136,7 +155,7 @@ def test_bad_wait_is_400(client: FlaskClient, job_id: str, wait: str) -> None:
 def test_another_tenants_job_is_404(app: Flask, client: FlaskClient, job_id: str) -> None:
     other_key, _ = add_key(Path(services_of(app).settings.api_keys_file), "acme")
     other = {"Authorization": f"Bearer {other_key}"}
-    for suffix in ("", "/mask", "/overlay"):
+    for suffix in ("", "/mask", "/overlay", "/heatmap"):
         response = client.get(f"/v1/jobs/{job_id}{suffix}", headers=other)
         assert response.status_code == 404
         assert response.json["error"]["code"] == "job_not_found"

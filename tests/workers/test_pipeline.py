@@ -66,6 +66,12 @@ def test_steel_strip_is_inspected_end_to_end(services: Services) -> None:
                         cv2.IMREAD_UNCHANGED)
     assert mask.shape == (256, 1600) and (mask[10:30, 1500:1540] == 1).all()
     assert int(mask.sum()) == 800
+    # The heatmap beside it: the stitched defect probability, 255 for 1.0.
+    heatmap = cv2.imdecode(np.frombuffer(services.store.get(final.heatmap), np.uint8),
+                           cv2.IMREAD_UNCHANGED)
+    assert heatmap.shape == (164, 1024)  # scaled down to a long side of 1024 (x 0.64)
+    assert heatmap[12, 970] == 242 and heatmap.max() == 242  # round(0.95 * 255)
+    assert heatmap[100, 500] == 5  # the fixture model says 0.02 off the defect
     # No overlay yet: the API draws it on its first request.
     assert services.store.get(keys_for(job_id).overlay) is None
     # The outcome is durable: a flushed Redis gives the same result back from S3.
@@ -146,6 +152,8 @@ def test_same_bytes_same_model_are_inferred_once(services: Services) -> None:
     assert first.result.decision == "REJECT" and second.result.decision == "PASS"
     assert second.mask != first.mask  # each job (each run) has its own copy
     assert services.store.get(second.mask) == services.store.get(first.mask)
+    assert second.heatmap != first.heatmap
+    assert services.store.get(second.heatmap) == services.store.get(first.heatmap) is not None
 
 
 def test_undecodable_image_fails_at_once(services: Services) -> None:

@@ -13,7 +13,7 @@ from inspectq.imaging import UndecodableImage, decode_image, image_score, make_m
 from inspectq.result import Decision, Thresholds, decide
 from inspectq.tiling import tile_starts
 from workers.postprocess import find_regions, stitch
-from workers.render import mask_png
+from workers.render import HEATMAP_MAX_SIDE, heatmap_png, mask_png
 
 CLASSES = ("background", "scratch", "pit")
 
@@ -240,3 +240,25 @@ def test_mask_png_holds_class_indices() -> None:
     class_map[40:44, 5:9] = 4
     mask = cv2.imdecode(np.frombuffer(mask_png(class_map), np.uint8), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (64, 80) and mask.dtype == np.uint8 and (mask == class_map).all()
+
+
+def _decoded(png: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def test_heatmap_png_holds_the_defect_probability_in_grey_levels() -> None:
+    prob = np.zeros((64, 80), np.float32)
+    prob[10:30, 20:50] = 0.95
+    prob[40:44, 5:9] = 1.2  # out of range: clipped to 1
+    heatmap = _decoded(heatmap_png(prob))
+    assert heatmap.shape == (64, 80) and heatmap.dtype == np.uint8 and heatmap.ndim == 2
+    assert (heatmap[10:30, 20:50] == 242).all()  # round(0.95 * 255)
+    assert (heatmap[40:44, 5:9] == 255).all() and heatmap[0, 0] == 0
+
+
+def test_a_large_image_gets_its_heatmap_scaled_down_to_the_longest_side() -> None:
+    prob = np.zeros((1000, 4000), np.float32)
+    prob[:, 2000:] = 0.5
+    heatmap = _decoded(heatmap_png(prob))
+    assert heatmap.shape == (HEATMAP_MAX_SIDE // 4, HEATMAP_MAX_SIDE)
+    assert heatmap[100, 0] == 0 and heatmap[100, -1] == 128  # round(0.5 * 255)
