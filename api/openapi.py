@@ -2,8 +2,8 @@
 
 Spectree builds the document from the pydantic models of each route (so it cannot drift from
 the code); what it has no model for is added here, once, when the app is built: the raw
-``image/*`` upload body, the ``Idempotency-Key`` header, the PNG answers of ``/mask``,
-``/overlay`` and ``/heatmap``, and the operational endpoints (``/healthz``, ``/readyz``,
+``image/*`` upload body, the ``Idempotency-Key`` header, the PNG answers of ``/image``,
+``/mask``, ``/overlay`` and ``/heatmap``, and the operational endpoints (``/healthz``, ``/readyz``,
 ``/metrics``).
 """
 
@@ -62,7 +62,7 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     create_job["requestBody"]["content"]["image/*"] = {"schema": BINARY}
     for operation in (create_job, paths["/v1/batches"]["post"]):
         operation.setdefault("parameters", []).append(IDEMPOTENCY_KEY)
-    for which in ("mask", "overlay", "heatmap"):
+    for which in ("image", "mask", "overlay", "heatmap"):
         responses = paths[f"/v1/jobs/{{job_id}}/{which}"]["get"]["responses"]
         responses["200"] = {"description": f"The job's {which} (PNG).",
                             "content": {"image/png": {"schema": BINARY}}}

@@ -90,10 +90,26 @@ def _scaled(short_side: int, fraction: float, minimum: int) -> int:
     return max(minimum, round(short_side * fraction))
 
 
+def _upright(image_bytes: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(image_bytes)) as original:
+        return _upright_rgb(original)
+
+
+def _png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+def render_image(image_bytes: bytes) -> bytes:
+    """A job's stored image as the model saw it (upright 8-bit RGB, PNG): what browsers can
+    show of any upload (a 16-bit TIFF, a sideways camera JPEG)."""
+    return _png(_upright(image_bytes))
+
+
 def render_overlay(image_bytes: bytes, mask_png: bytes, result: InspectionResult) -> bytes:
     """The overlay PNG of one job from its stored image, mask and result."""
-    with Image.open(io.BytesIO(image_bytes)) as original:
-        base = _upright_rgb(original)
+    base = _upright(image_bytes)
     with Image.open(io.BytesIO(mask_png)) as stored_mask:
         mask = stored_mask.convert("L")
     if mask.size != base.size:
@@ -104,9 +120,7 @@ def render_overlay(image_bytes: bytes, mask_png: bytes, result: InspectionResult
     short_side = min(base.size)
     _draw_regions(draw, result, short_side)
     _draw_decision(draw, result, canvas.size)
-    out = io.BytesIO()
-    canvas.save(out, "PNG", compress_level=1)
-    return out.getvalue()
+    return _png(canvas)
 
 
 def _draw_regions(draw: ImageDraw.ImageDraw, result: InspectionResult, short_side: int) -> None:

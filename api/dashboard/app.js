@@ -526,21 +526,58 @@ function facts(pairs) {
 
 const PALETTE = [[0, 0, 0], [230, 60, 50], [255, 190, 30], [60, 140, 255], [170, 90, 230],
                  [40, 200, 140], [250, 120, 200], [140, 200, 40]];
+const maskColour = (v) => (v ? PALETTE[((v - 1) % (PALETTE.length - 1)) + 1] : PALETTE[0]);
 
-/** The class-index mask drawn in colours (index 0, background, stays black). */
-function colourMask(img, canvas) {
-  canvas.width = img.naturalWidth;
-  canvas.height = img.naturalHeight;
+/** The heatmap's colour scale (probability 0 black, through purple, red and orange, to 1
+ * pale yellow), as a table of the 256 grey levels of the stored heatmap. */
+const HEAT_STOPS = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];
+const HEAT = Array.from({ length: 256 }, (_, v) => {
+  const x = (v / 255) * (HEAT_STOPS.length - 1);
+  const i = Math.min(Math.floor(x), HEAT_STOPS.length - 2);
+  return HEAT_STOPS[i].map((c, k) => Math.round(c + (HEAT_STOPS[i + 1][k] - c) * (x - i)));
+});
+const heatColour = (v) => HEAT[v];
+
+/** Draw grey levels 0..255 in ``colour`` (a function of the level to [r, g, b]) on
+ * ``canvas``, from ``source`` (an ImageBitmap, or null for the scale: a 256 x 1 ramp). */
+function paint(canvas, source, colour) {
+  canvas.width = source ? source.width : 256;
+  canvas.height = source ? source.height : 1;
   const context = canvas.getContext("2d");
-  context.drawImage(img, 0, 0);
+  if (source) context.drawImage(source, 0, 0);
   const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
   const data = pixels.data;
   for (let i = 0; i < data.length; i += 4) {
-    const [r, g, b] = data[i] ? PALETTE[((data[i] - 1) % (PALETTE.length - 1)) + 1] : PALETTE[0];
+    const [r, g, b] = colour(source ? data[i] : i / 4);
     data[i] = r; data[i + 1] = g; data[i + 2] = b; data[i + 3] = 255;
   }
   context.putImageData(pixels, 0, 0);
-  canvas.hidden = false;
+}
+
+/** A figure with a canvas showing the grey PNG at ``path`` (fetched with the key) in
+ * colour; when the API has none, a line saying so. */
+function colouredFigure(view, path, id, label, caption, colour, ...extra) {
+  const canvas = el("canvas", { id, role: "img", "aria-label": label });
+  const note = el("figcaption", { text: caption });
+  api(path).then((response) => response.blob())
+    .then((blob) => createImageBitmap(blob, { colorSpaceConversion: "none" }))
+    .then((bitmap) => {
+      if (!view.alive) return;
+      paint(canvas, bitmap, colour);
+      canvas.dataset.loaded = "true";
+    }).catch((error) => {
+      if (error instanceof SignedOut || !view.alive) return;
+      canvas.hidden = true;
+      note.textContent = `${label}: not available (${error.message})`;
+    });
+  return el("figure", {}, canvas, ...extra, note);
+}
+
+function heatScale() {
+  const scale = el("canvas", { class: "scale", "aria-hidden": "true" });
+  paint(scale, null, heatColour);
+  return el("div", { class: "scale-row" }, el("span", { text: "0" }), scale,
+            el("span", { text: "1" }));
 }
 
 function jobView(view, root, jobId) {
@@ -582,16 +619,16 @@ function renderJob(view, job, reload) {
       ["Error", job.error ? `${job.error.code}: ${job.error.message}` : "–"],
     ])));
   if (job.status === "done") {
-    const canvas = el("canvas", { id: "mask-canvas", hidden: true,
-                                  "aria-label": "Defect mask, classes in colour" });
-    const maskImg = authImage(view, `${path}/mask`, "Defect mask",
-                              (img) => colourMask(img, canvas));
-    maskImg.hidden = true;
-    parts.push(el("div", { class: "pair" },
+    parts.push(el("div", { class: "figures" },
+      el("figure", {}, authImage(view, `${path}/image`, `Image of ${job.id}`),
+        el("figcaption", { text: "Image: upright, as the model saw it" })),
       el("figure", {}, authImage(view, `${path}/overlay`, `Overlay of ${job.id}`),
         el("figcaption", { text: "Overlay: the image with its defect regions drawn" })),
-      el("figure", {}, canvas, maskImg,
-        el("figcaption", { text: "Mask: defect pixels per class (background black)" }))));
+      colouredFigure(view, `${path}/heatmap`, "heatmap-canvas",
+        "Defect probability heatmap",
+        "Heatmap: the model's defect probability per pixel", heatColour, heatScale()),
+      colouredFigure(view, `${path}/mask`, "mask-canvas", "Defect mask",
+        "Mask: defect pixels per class (background black)", maskColour)));
   }
   if (result) {
     parts.push(el("div", { class: "cols" },

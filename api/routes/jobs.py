@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit one image, read a job's status, fetch its mask, overlay and
+"""``/v1/jobs``: submit one image, read a job's status, fetch its image, mask, overlay and
 heatmap."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from spectree import SpecTree
 from api.errors import ApiError
 from api.images import validate_image
 from api.ingest import accept, check_callback, check_capacity, resolve_thresholds
-from api.overlay import render_overlay
+from api.overlay import render_image, render_overlay
 from api.routes.common import (
     accepted_response,
     idempotency_key,
@@ -134,8 +134,16 @@ def add_job_routes(bp: Blueprint, spec: SpecTree) -> None:
         as the mask. Jobs inspected before heatmaps were stored have none (404)."""
         return _artifact(job_id, "heatmap")
 
+    @bp.get("/jobs/<job_id>/image")
+    @spec.validate(resp=Responses(HTTP_409=ErrorOut, **_ERRORS), tags=["jobs"],
+                   security=SECURITY)
+    def get_image(job_id: str) -> Response:
+        """The inspected image as the model saw it (PNG: upright, 8-bit RGB), for viewers;
+        same rules as the mask. Drawn from the stored upload on each request."""
+        return _artifact(job_id, "image")
 
-def _artifact(job_id: str, which: Literal["mask", "overlay", "heatmap"]) -> Response:
+
+def _artifact(job_id: str, which: Literal["image", "mask", "overlay", "heatmap"]) -> Response:
     record = own_job(job_id)
     if not record.status.terminal:
         raise ApiError(
@@ -147,7 +155,10 @@ def _artifact(job_id: str, which: Literal["mask", "overlay", "heatmap"]) -> Resp
     if record.status is Status.FAILED:
         raise ApiError(404, "no_artifact", f"Job {job_id} failed and has no images.")
     store, keys = services().store, keys_for(job_id)
-    if which == "mask":
+    if which == "image":
+        upload = store.get(record.image.key)
+        data = render_image(upload) if upload is not None else None
+    elif which == "mask":
         data = store.get(record.mask)
     elif which == "heatmap":
         data = store.get(record.heatmap) if record.heatmap is not None else None

@@ -1,4 +1,5 @@
-"""Reading jobs: status, long-poll, mask and overlay, as workers leave them."""
+"""Reading jobs: status, long-poll, image, mask, overlay and heatmap, as workers leave
+them."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def test_a_done_job_shows_its_result_and_images(
     app: Flask, client: FlaskClient, job_id: str
 ) -> None:
     svc = services_of(app)
-    for suffix in ("mask", "overlay", "heatmap"):
+    for suffix in ("image", "mask", "overlay", "heatmap"):
         response = client.get(f"/v1/jobs/{job_id}/{suffix}", headers=AUTH)
         assert response.status_code == 409 and response.json["error"]["code"] == "not_ready"
         assert response.headers["Retry-After"]
@@ -97,6 +98,22 @@ def test_a_done_job_shows_its_result_and_images(
     assert response.status_code == 404 and response.json["error"]["code"] == "no_artifact"
 
 
+def test_the_image_is_served_upright_in_8_bit_rgb(app: Flask, client: FlaskClient) -> None:
+    sideways = Image.new("RGBA", (32, 24), (0, 0, 255, 128))
+    sideways.paste((255, 0, 0, 255), (0, 0, 16, 24))  # the left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees clockwise to view
+    buffer = io.BytesIO()
+    sideways.save(buffer, "PNG", exif=exif)
+    job_id = submit(client, buffer.getvalue(), line="L9").json["id"]
+    services_of(app).jobs.finish(job_id, result=InspectionResult.model_validate(RESULT))
+    response = client.get(f"/v1/jobs/{job_id}/image", headers=AUTH)
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    shown = Image.open(io.BytesIO(response.data))
+    assert shown.mode == "RGB" and shown.size == (24, 32)
+    assert shown.getpixel((12, 4)) == (255, 0, 0) and shown.getpixel((12, 28)) == (0, 0, 255)
+
+
 def test_the_heatmap_is_the_one_written_beside_the_runs_mask(
     app: Flask, client: FlaskClient, job_id: str
 ) -> None:
@@ -121,7 +138,7 @@ def test_a_failed_job_shows_its_reason_and_has_no_images(
     body = client.get(f"/v1/jobs/{job_id}", headers=AUTH).json
     assert body["status"] == "failed"
     assert body["error"] == {"code": "undecodable", "message": "OpenCV could not decode it"}
-    for suffix in ("mask", "heatmap"):
+    for suffix in ("image", "mask", "heatmap"):
         response = client.get(f"/v1/jobs/{job_id}/{suffix}", headers=AUTH)
         assert response.status_code == 404 and response.json["error"]["code"] == "no_artifact"
 
@@ -155,7 +172,7 @@ def test_bad_wait_is_400(client: FlaskClient, job_id: str, wait: str) -> None:
 def test_another_tenants_job_is_404(app: Flask, client: FlaskClient, job_id: str) -> None:
     other_key, _ = add_key(Path(services_of(app).settings.api_keys_file), "acme")
     other = {"Authorization": f"Bearer {other_key}"}
-    for suffix in ("", "/mask", "/overlay", "/heatmap"):
+    for suffix in ("", "/image", "/mask", "/overlay", "/heatmap"):
         response = client.get(f"/v1/jobs/{job_id}{suffix}", headers=other)
         assert response.status_code == 404
         assert response.json["error"]["code"] == "job_not_found"

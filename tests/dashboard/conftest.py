@@ -3,7 +3,8 @@ server) on the local Redis (DB 6), a real SeaweedFS S3 server (``s3_endpoint``) 
 PostgreSQL (results index, database ``inspectq_dashboard_test``), driven by Debian's
 Chromium through Playwright's sync API (``executable_path``, never a downloaded browser).
 
-No worker runs: tests end jobs as a worker does (a mask PNG in S3, ``JobStore.finish``) and
+No worker runs: tests end jobs as a worker does (mask and heatmap PNGs in S3,
+``JobStore.finish``) and
 index them with the real ``workers.indexer.Indexer``."""
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ import numpy as np
 import pytest
 import redis
 import requests
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 from werkzeug.serving import make_server
 
 from api.app import create_app
 from devstack.ports import free_port
 from inspectq.backends import Backends
 from inspectq.config import Settings
-from inspectq.keyspace import keys_for
+from inspectq.keyspace import heatmap_beside, keys_for
 from inspectq.result import InspectionResult
 from inspectq.storage import ObjectStore
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, empty_index, fresh_postgres
@@ -65,6 +66,17 @@ def mask_png() -> bytes:
     mask.paste(1, DEFECT_BOX)
     buffer = io.BytesIO()
     mask.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def heatmap_png() -> bytes:
+    """The defect probability a worker would store (grey, 255 = 1.0): high along the gouge,
+    fading around it, low elsewhere."""
+    heatmap = Image.new("L", SIZE, 8)
+    x0, y0, x1, y1 = DEFECT_BOX
+    ImageDraw.Draw(heatmap).line((x0 + 5, y0 + 5, x1 - 5, y1 - 5), fill=250, width=14)
+    buffer = io.BytesIO()
+    heatmap.filter(ImageFilter.GaussianBlur(4)).save(buffer, "PNG")
     return buffer.getvalue()
 
 
@@ -111,9 +123,11 @@ class Stack:
 
     def end(self, job_id: str, decision: str, score: float,
             issues: tuple[str, ...] = ()) -> None:
-        """End the job as a worker does: its mask in S3, then its one outcome."""
-        mask_key = keys_for(job_id).mask
+        """End the job as a worker does: its run's mask and heatmap in S3, then its one
+        outcome."""
+        mask_key = keys_for(job_id).run_mask("test")
         self.backends.store.put(mask_key, mask_png(), "image/png")
+        self.backends.store.put(str(heatmap_beside(mask_key)), heatmap_png(), "image/png")
         self.backends.jobs.finish(job_id, result=result_for(decision, score, issues),
                                   mask_key=mask_key)
 

@@ -137,14 +137,24 @@ def test_lines_overview_counts_and_updates_live_then_line_job_views(
     expect(thumbs).to_have_count(1)
     expect(thumbs.first).to_have_attribute("data-job", jobs[3])
 
-    # Job view: overlay and mask side by side, regions, thresholds, feedback history.
+    # Job view: image, overlay, heatmap and mask side by side, regions, thresholds, feedback.
     thumbs.first.click()
     expect(tab.page.locator("#regions tbody tr")).to_have_count(1)
     expect(tab.page.locator("#regions tbody td").first).to_have_text("scratch")
     expect(tab.page.locator("#job-thresholds")).to_contain_text("0.40")
     expect(tab.page.locator("#job-thresholds")).to_contain_text("0.65")
     expect(tab.page.locator("#job")).to_contain_text("inspectq_seg v3")
-    expect(tab.page.locator("#mask-canvas")).to_be_visible()
+    for canvas in ("#heatmap-canvas", "#mask-canvas"):
+        expect(tab.page.locator(canvas)).to_have_attribute("data-loaded", "true")
+    # The heatmap in colour: hot on the gouge (probability 250/255), dark off it (8/255).
+    hot, cold = tab.page.evaluate("""() => {
+        const context = document.querySelector('#heatmap-canvas').getContext('2d');
+        return [[175, 75], [60, 140]].map(([x, y]) => [...context.getImageData(x, y, 1, 1).data]);
+    }""")
+    assert hot[0] > 240 and hot[1] > 200 and cold[0] < 40 and cold[2] < 40, (hot, cold)
+    shown = tab.page.locator("#job figure img")
+    expect(shown).to_have_count(2)
+    expect(shown.first).to_have_attribute("alt", f"Image of {jobs[3]}")
     tab.page.get_by_role("button", name="Correct to REJECT").click()
     expect(tab.page.locator("#feedback tbody tr")).to_have_count(1)
     assert stack.job(jobs[3])["feedback"]["latest"]["decision"] == "REJECT"
