@@ -453,6 +453,31 @@ class AlertPageOut(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
 
 
+class StreamHealthOut(BaseModel):
+    """One monitored rate of a line as it stands (what a control chart draws)."""
+
+    rate_kind: Literal["reject", "review", "failure"]
+    camera: str | None = Field(description="Always null here: the line's own streams.")
+    images: int = Field(description="Images the monitor has seen since it began learning.")
+    learning: bool = Field(description="True during warm-up: the tests run against the "
+                           "configured prior rate, which is then the baseline.")
+    warmup_images: int
+    baseline: float = Field(description="The in-control rate the tests compare against.")
+    limit: float = Field(description="The spike test's upper control limit: a rate over the "
+                         "last `window` images above it opens an alert.")
+    window: int = Field(description="Images in the spike test's window.")
+    window_images: int = Field(description="Images in the current window so far.")
+    window_rate: float | None = Field(description="The rate over the current window.")
+    cusum: float = Field(description="The CUSUM (sustained rise test), in nats.")
+    cusum_limit: float = Field(description="The CUSUM's decision interval: at it, an alert.")
+    alert_open: bool
+
+
+class LineHealthOut(BaseModel):
+    line: str
+    streams: list[StreamHealthOut] = Field(description="One per monitored rate.")
+
+
 class AckIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -571,6 +571,23 @@ class LineHealthMonitor:
         """The CUSUM statistic in nats (the decision interval is ``design.cusum.h_nats``)."""
         return self._s * self._design.cusum.unit
 
+    def health(self) -> dict[str, Any]:
+        """The stream as a control chart shows it: the baseline, the spike test's limit (a
+        rate over its window of images) and the current window, the CUSUM against its
+        decision interval, and whether an alert is open."""
+        spike = self._design.spike
+        window = len(self._buckets) * self._bucket_size
+        return {
+            "rate_kind": self._stream.rate, "camera": self._stream.camera,
+            "images": self._images, "learning": self.learning,
+            "warmup_images": self._config.warmup_images, "baseline": self.baseline,
+            "limit": spike.ucl / spike.window, "window": spike.window,
+            "window_images": window,
+            "window_rate": self._window_events / window if window else None,
+            "cusum": self.cusum, "cusum_limit": self._design.cusum.h_nats,
+            "alert_open": self._alert is not None,
+        }
+
     # --- the hot path ---------------------------------------------------------------------
 
     def observe(self, is_event: bool, job_id: str, now: float) -> Transition | None:

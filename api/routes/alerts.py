@@ -27,6 +27,7 @@ from api.schemas import (
     ErrorOut,
     LineAlertingIn,
     LineAlertingOut,
+    LineHealthOut,
 )
 from api.services import Services, services
 from inspectq import keyspace
@@ -34,10 +35,12 @@ from inspectq.alerting import (
     LineAlerting,
     check_line,
     describe,
+    effective,
     is_alert_id,
 )
 from inspectq.index.alerts import AlertIndex, LineAlertingStore
 from inspectq.index.results import decode_cursor
+from inspectq.linehealth import LineHealthMonitor, stream_keys
 
 SECURITY = {"bearer": []}
 _ERRORS = {"HTTP_401": ErrorOut, "HTTP_429": ErrorOut, "HTTP_503": ErrorOut}
@@ -121,6 +124,25 @@ def add_alert_routes(bp: Blueprint, spec: SpecTree) -> None:
         _check_line(line)
         svc = services()
         return jsonify(describe(svc.settings, line, _alerts(svc).line_config(g.tenant, line)))
+
+    @bp.get("/lines/<line>/health")
+    @spec.validate(resp=Responses(HTTP_200=LineHealthOut, HTTP_404=ErrorOut, **_ERRORS),
+                   tags=["alerts"], security=SECURITY)
+    def get_line_health(line: str) -> Response:
+        """The line's health monitors as they stand now, one per monitored rate (the line's
+        own streams; per-camera ones are left out): baseline, the spike test's control
+        limit and current window, the CUSUM against its decision interval, whether an
+        alert is open. A line the workers have not seen yet shows a monitor at its start."""
+        _check_line(line)
+        svc = services()
+        config = effective(svc.settings, _alerts(svc).line_config(g.tenant, line)
+                           ).monitor_config()
+        streams = stream_keys(config, line, None)
+        states = svc.redis.mget([keyspace.linehealth_state(g.tenant, stream.name)
+                                 for stream in streams])
+        return jsonify({"line": line, "streams": [
+            LineHealthMonitor.from_json(stream, config, state).health()
+            for stream, state in zip(streams, states, strict=True)]})
 
     @bp.put("/lines/<line>/alerting")
     @spec.validate(json=LineAlertingIn, resp=Responses(HTTP_200=LineAlertingOut,

@@ -22,7 +22,7 @@ from sqlalchemy import make_url
 
 from api.apikeys import add_key
 from inspectq import keyspace
-from inspectq.alerting import AlertEvent
+from inspectq.alerting import AlertEvent, LineAlerting, effective
 from inspectq.index.alerts import AlertIndex
 from inspectq.linehealth import LineHealthMonitor, MonitorConfig, StreamKey, Transition
 from tests.api.conftest import AUTH, closed_port_url, services_of
@@ -157,6 +157,7 @@ def test_a_tenant_sees_and_acknowledges_only_its_own_alerts(
     ("post", "/v1/alerts/al_000000000000000000000000/ack", {"by": "a\x00b"}, 400,
      "invalid_request"),
     ("get", "/v1/lines/a%20b/alerting", None, 404, "line_not_found"),
+    ("get", "/v1/lines/a%20b/health", None, 404, "line_not_found"),
 ])
 def test_bad_requests_are_json_errors(client: FlaskClient, method: str, path: str,
                                       body: dict | None, status: int, code: str | None) -> None:
@@ -217,12 +218,49 @@ def test_line_alerting_round_trips_and_validates(make_app) -> None:
         "channels": []}
 
 
+def test_line_health_shows_the_workers_monitor_as_it_stands(app: Flask,
+                                                           client: FlaskClient) -> None:
+    """The monitor state the workers keep in Redis, read with the line's configuration."""
+    overrides = {"rates": ["reject"], "warmup_images": 40, "recovery_images": 10,
+                 "min_images": 20, "prior_rates": {"reject": 0.1}}
+    assert client.put("/v1/lines/L8/alerting", json=overrides, headers=AUTH).status_code == 200
+    fresh = client.get("/v1/lines/L8/health", headers=AUTH)
+    assert fresh.status_code == 200, fresh.json
+    [stream] = fresh.json["streams"]
+    assert (stream["images"], stream["learning"], stream["baseline"]) == (0, True, 0.1)
+    assert stream["window_rate"] is None and stream["alert_open"] is False
+
+    config = effective(services_of(app).settings, LineAlerting(**overrides)).monitor_config()
+    monitor = LineHealthMonitor(StreamKey("L8", "reject"), config)
+    decisions = [i % 20 == 0 for i in range(400)] + [True] * 40  # 5 %, then a burst
+    for number, is_reject in enumerate(decisions):
+        monitor.observe(is_reject, f"j_{number:022d}", 1.0e9 + number)
+    assert monitor.alert is not None
+    services_of(app).redis.set(keyspace.linehealth_state("default", "L8/*/reject"),
+                               monitor.to_json())
+    [stream] = client.get("/v1/lines/L8/health", headers=AUTH).json["streams"]
+    design = monitor.design  # the last 200 images: 8 of the 5 % and the 40 of the burst
+    assert stream == {
+        "rate_kind": "reject", "camera": None, "images": 440, "learning": False,
+        "warmup_images": 40, "baseline": pytest.approx(monitor.baseline),
+        "limit": pytest.approx(design.spike.ucl / design.spike.window), "window": 200,
+        "window_images": 200, "window_rate": pytest.approx(48 / 200),
+        "cusum": pytest.approx(monitor.cusum), "cusum_limit": pytest.approx(
+            design.cusum.h_nats), "alert_open": True}
+    assert 0.04 < stream["baseline"] < 0.08 and stream["window_rate"] > stream["limit"]
+    # Another tenant's line of the same name is its own: unseen, with the default rates.
+    other = client.get("/v1/lines/L8/health", headers=other_tenant(app)).json["streams"]
+    assert [s["rate_kind"] for s in other] == ["reject", "review", "failure"]
+    assert all(s["images"] == 0 and not s["alert_open"] for s in other)
+
+
 def test_an_unreachable_index_is_a_503(make_app) -> None:
     down = make_app(database_url=closed_port_url("postgresql+psycopg") + "/x").test_client()
     for method, path, body in [("get", "/v1/alerts", None),
                                ("get", "/v1/alerts/al_000000000000000000000000", None),
                                ("post", "/v1/alerts/al_000000000000000000000000/ack", {}),
                                ("get", "/v1/lines/L1/alerting", None),
+                               ("get", "/v1/lines/L1/health", None),
                                ("put", "/v1/lines/L1/alerting", {})]:
         response = getattr(down, method)(path, json=body, headers=AUTH)
         assert response.status_code == 503, path
