@@ -221,12 +221,18 @@ function linesView(view, root, params) {
     const since = isoAgo(WINDOWS[windowKey]);
     try {
       const { lines } = await apiJson(`/v1/lines?${query({ since })}`);
-      const stats = await Promise.all(lines.map((line) =>
-        apiJson(`/v1/lines/${encodeURIComponent(line.name)}/stats?${query({
-          since, bucket: BUCKET_OF[windowKey] })}`)));
+      const cards = await Promise.all(lines.map(async (line) => {
+        const name = encodeURIComponent(line.name);
+        // The monitor and the alerts are extras: the counts show without them (e.g. while
+        // the alert history's database is unavailable).
+        const [stats, health, alerts] = await Promise.all([
+          apiJson(`/v1/lines/${name}/stats?${query({ since, bucket: BUCKET_OF[windowKey] })}`),
+          apiJson(`/v1/lines/${name}/health`).catch(optional),
+          apiJson(`/v1/alerts?${query({ line: line.name, limit: 100 })}`).catch(optional)]);
+        return lineCard(line, stats, health, alerts ? alerts.alerts : null, windowKey);
+      }));
       if (!view.alive) return;
-      const shown = lines.map((line, i) => lineCard(line, stats[i], windowKey))
-        .filter(Boolean);
+      const shown = cards.filter(Boolean);
       if (shown.length === 0) {
         grid.replaceChildren(el("p", { class: "muted",
           text: `No inspected images in the ${WINDOW_LABELS[windowKey]}.` }));
@@ -242,10 +248,18 @@ function linesView(view, root, params) {
   view.timers.push(setInterval(refresh, REFRESH_MS));
 }
 
-function lineCard(line, stats, windowKey) {
+/** A failed request for something a view can do without (a 401 still signs out). */
+function optional(error) {
+  if (error instanceof SignedOut) throw error;
+  return null;
+}
+
+function lineCard(line, stats, health, alerts, windowKey) {
   const totals = stats.totals;
   if (totals.total === 0) return null;
   const href = `#/line/${encodeURIComponent(line.name)}?window=${windowKey}`;
+  const monitor = health ? health.streams.find((s) => s.rate_kind === "reject") : null;
+  const open = (alerts || []).filter((a) => a.state !== "resolved");
   return el("article", { class: "card line-card", "data-line": line.name },
     el("h2", {}, el("a", { href, text: line.name })),
     el("div", { class: "muted", text: `Cameras: ${line.cameras.join(", ") || "–"}` }),
@@ -259,17 +273,49 @@ function lineCard(line, stats, windowKey) {
       el("span", { "data-rate": "ipm" }, el("b", { text: totals.images_per_min.toFixed(2) }),
         " images/min"),
       totals.failed ? el("span", { text: `${totals.failed} failed` }) : null),
-    rateChart(stats),
+    rateChart(stats, monitor, (alerts || []).filter((a) => a.rate_kind === "reject")),
+    monitorLegend(monitor),
+    alerts === null ? el("p", { class: "muted", text: "Alerts: not available." })
+      : el("div", { class: "alerts", "data-open-alerts": open.length },
+        el("h3", { text: open.length ? `Open alerts (${open.length})` : "No open alerts" }),
+        open.length ? el("ul", {}, ...open.map(alertItem)) : null),
   );
+}
+
+/** What the chart's two lines are, and where the REJECT monitor stands now. */
+function monitorLegend(monitor) {
+  if (!monitor) {
+    return el("p", { class: "legend muted", text: "The REJECT rate is not monitored." });
+  }
+  return el("p", { class: "legend" },
+    el("span", { class: "key baseline", text: `baseline ${pct(monitor.baseline)}` }),
+    el("span", { class: "key limit",
+                 text: `control limit ${pct(monitor.limit)} over ${monitor.window} images` }),
+    el("span", { class: "key alert", text: "alert" }),
+    el("span", { class: "muted", "data-monitor": "now", text: monitor.learning
+      ? `learning: ${monitor.images} of ${monitor.warmup_images} images (baseline is the prior)`
+      : `now ${pct(monitor.window_rate)} over the last ${monitor.window_images} images` }));
+}
+
+function alertItem(alert) {
+  const where = alert.camera ? ` camera ${alert.camera}` : "";
+  const test = alert.test === "spike" ? "spike" : "sustained rise";
+  const ack = alert.acknowledged_at
+    ? ` · acknowledged${alert.acknowledged_by ? ` by ${alert.acknowledged_by}` : ""}` : "";
+  return el("li", { "data-alert": alert.id },
+    el("b", { text: `${alert.rate_kind.toUpperCase()} rate ${test}${where}` }),
+    ` since ${when(alert.opened_at)}: ${pct(alert.rate)} over ${alert.window} images `
+    + `(limit ${pct(alert.limit)}, baseline ${pct(alert.baseline)})${ack}`);
 }
 
 const BUCKET_MS = { minute: 60e3, hour: 3600e3, day: 86400e3 };
 
-/** The reject rate per bucket as an inline SVG bar chart over the window (0 to the
- * largest rate); empty buckets draw nothing. */
-function rateChart(stats) {
+/** The REJECT rate per bucket as an inline SVG bar chart over the window, with the
+ * monitor's baseline and control limit as horizontal lines and each alert as a band from
+ * its opening to its resolution (or now); empty buckets draw nothing. */
+function rateChart(stats, monitor, alerts) {
   const width = 300;
-  const height = 90;
+  const height = 100;
   const pad = { left: 40, right: 6, top: 8, bottom: 16 };
   const chart = svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`,
                              role: "img", preserveAspectRatio: "none" });
@@ -283,9 +329,23 @@ function rateChart(stats) {
   const until = Date.parse(stats.until);
   const span = Math.max(1, until - since);
   const plotWidth = width - pad.left - pad.right;
-  const top = Math.max(0.05, ...points.map((b) => b.reject_rate));
+  const levels = monitor ? [monitor.baseline, monitor.limit] : [];
+  const top = Math.min(1, Math.max(0.05, ...points.map((b) => b.reject_rate), ...levels) * 1.1);
   const x = (t) => pad.left + (Math.min(Math.max(t, since), until) - since) / span * plotWidth;
-  const y = (r) => height - pad.bottom - (r / top) * (height - pad.top - pad.bottom);
+  const y = (r) => height - pad.bottom - (Math.min(r, top) / top) * (height - pad.top - pad.bottom);
+  for (const alert of alerts) {
+    const opened = Date.parse(alert.opened_at);
+    const ended = alert.resolved_at ? Date.parse(alert.resolved_at) : until;
+    if (ended < since || opened > until) continue;
+    const band = svg("rect", { class: "alert-mark", x: x(opened).toFixed(1), y: pad.top,
+      width: Math.max(2, x(ended) - x(opened)).toFixed(1), height: y(0) - pad.top });
+    const tip = svg("title");
+    tip.textContent = `Alert (${alert.test}) ${when(alert.opened_at)} to ${
+      alert.resolved_at ? when(alert.resolved_at) : "now"}: ${pct(alert.rate)} over ${
+      alert.window} images`;
+    band.append(tip);
+    chart.append(band);
+  }
   const barWidth = Math.max(2, (BUCKET_MS[stats.bucket] / span) * plotWidth - 1);
   for (const b of points) {
     const left = Math.min(x(Date.parse(b.start)), width - pad.right - barWidth);
@@ -296,6 +356,16 @@ function rateChart(stats) {
       b.total}`;
     bar.append(tip);
     chart.append(bar);
+  }
+  if (monitor) {
+    for (const [name, rate] of [["baseline", monitor.baseline], ["limit", monitor.limit]]) {
+      const level = svg("line", { class: name, x1: pad.left, x2: width - pad.right,
+                                  y1: y(rate).toFixed(1), y2: y(rate).toFixed(1) });
+      const tip = svg("title");
+      tip.textContent = `${name} ${pct(rate)}`;
+      level.append(tip);
+      chart.append(level);
+    }
   }
   chart.append(svg("line", { class: "axis", x1: pad.left, x2: width - pad.right,
                              y1: y(0), y2: y(0) }));

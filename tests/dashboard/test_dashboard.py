@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import requests
@@ -17,6 +18,10 @@ from playwright.sync_api import expect
 
 from api.apikeys import add_key, revoke_key
 from api.dashboard import CONTENT_SECURITY_POLICY
+from inspectq import keyspace
+from inspectq.alerting import AlertEvent, LineAlerting, effective
+from inspectq.index.alerts import AlertIndex
+from inspectq.linehealth import LineHealthMonitor, StreamKey, Transition
 from tests.dashboard.conftest import AUTH, Page, Stack, part_image
 
 
@@ -162,6 +167,57 @@ def test_lines_overview_counts_and_updates_live_then_line_job_views(
     tab.shot("job")
     tab.page.set_viewport_size({"width": 768, "height": 1024})
     tab.shot("job-tablet")
+    assert tab.errors == []
+
+
+def test_the_control_chart_draws_baseline_limit_and_alerts_and_lists_open_ones(
+    tab: Page, stack: Stack
+) -> None:
+    """The line's REJECT monitor as the workers leave it (its state in Redis, its alerts in
+    the index, as the notify queue writes them), on a line configured to learn fast."""
+    overrides = {"rates": ["reject"], "warmup_images": 40, "recovery_images": 10,
+                 "min_images": 20, "prior_rates": {"reject": 0.05}}
+    put = requests.put(f"{stack.url}/v1/lines/coat-4/alerting", headers=AUTH, json=overrides,
+                       timeout=10)
+    assert put.status_code == 200, put.text
+    config = effective(stack.settings, LineAlerting(**overrides)).monitor_config()
+    monitor = LineHealthMonitor(StreamKey("coat-4", "reject"), config)
+    now = time.time()
+    opened: list[Transition] = []
+    # 5 % REJECT, then a burst that opens an alert 40 minutes ago, then 5 % again.
+    decisions = [i % 20 == 0 for i in range(300)] + [True] * 30 + [i % 20 == 0
+                                                                   for i in range(150)]
+    for number, is_reject in enumerate(decisions):
+        transition = monitor.observe(is_reject, f"j_{number:022d}", now - 2400 + number)
+        if transition is not None:
+            opened.append(transition)
+    assert [t.kind for t in opened] == ["opened"] and monitor.alert is not None
+    stack.backends.redis.set(keyspace.linehealth_state("default", "coat-4/*/reject"),
+                             monitor.to_json())
+    AlertIndex(stack.backends.index).record_event(
+        AlertEvent.of("default", opened[0], opened[0], []))
+    for decision, score in [("PASS", 0.1)] * 8 + [("REJECT", 0.9)] * 2:
+        stack.ended("coat-4", decision, score)
+    stack.index()
+
+    tab.sign_in()
+    card = tab.page.locator('[data-line="coat-4"]')
+    chart = card.locator("svg.chart")
+    expect(chart.locator("line.baseline")).to_have_count(1)
+    expect(chart.locator("line.limit")).to_have_count(1)
+    expect(chart.locator("rect.alert-mark")).to_have_count(1)
+    expect(chart.locator("rect.bar")).to_have_count(1)
+    limit_y = float(chart.locator("line.limit").get_attribute("y1"))
+    baseline_y = float(chart.locator("line.baseline").get_attribute("y1"))
+    assert limit_y < baseline_y  # the limit is drawn above the baseline
+    health = monitor.health()
+    legend = card.locator(".legend")
+    expect(legend).to_contain_text(f"baseline {health['baseline'] * 100:.1f}%")
+    expect(legend).to_contain_text(f"control limit {health['limit'] * 100:.1f}% over 200 images")
+    expect(card.locator("[data-open-alerts]")).to_have_attribute("data-open-alerts", "1")
+    test = "spike" if opened[0].test == "spike" else "sustained rise"  # the CUSUM's name
+    expect(card.locator(".alerts li")).to_contain_text(f"REJECT rate {test}")
+    tab.shot("lines-control")
     assert tab.errors == []
 
 
