@@ -22,6 +22,7 @@ from api.routes.alerts import add_alert_routes
 from api.routes.batches import add_batch_routes
 from api.routes.common import raise_validation_error
 from api.routes.jobs import add_job_routes
+from api.routes.model import add_model_routes
 from api.routes.results import add_results_routes
 from api.services import Services
 from api.uploads import FORM_OVERHEAD_BYTES
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     add_batch_routes(v1, spec)
     add_results_routes(v1, spec)
     add_alert_routes(v1, spec)
+    add_model_routes(v1, spec)
     install_rate_limits(app, settings, v1)
     app.register_blueprint(v1)
     app.register_blueprint(health_blueprint())

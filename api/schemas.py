@@ -453,6 +453,22 @@ class AlertPageOut(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
 
 
+class ModelVersionOut(BaseModel):
+    version: int
+    served: bool = Field(description="The version the repository's config serves.")
+    card: dict[str, Any] | None = Field(
+        description="Its model_card.json (classes, sha256, training, held-out metrics per "
+        "class under metrics.per_class, ...); null when the version has none.")
+
+
+class ModelOut(BaseModel):
+    name: str
+    served_version: int = Field(description="What Triton loads from this repository (at "
+                                "start, or when the model is loaded again).")
+    versions: list[ModelVersionOut] = Field(description="Every installed version, newest "
+                                            "first.")
+
+
 class StreamHealthOut(BaseModel):
     """One monitored rate of a line as it stands (what a control chart draws)."""
 

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     triton_batch_tiles: int = Field(
         default=16, ge=1, description="Most tiles a worker sends in one request."
     )
+    model_repository: str | None = Field(
+        default=None, description="The Triton model repository (GPU layout) whose versions "
+        "and model cards GET /v1/model shows; default: the shipped triton_models/repository."
+    )
 
     # --- API ---
     api_key: SecretStr = Field(

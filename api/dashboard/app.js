@@ -190,6 +190,7 @@ function route() {
   else if (name === "job" && parts[1]) jobView(view, root, parts[1]);
   else if (name === "review") reviewView(view, root);
   else if (name === "try") tryView(view, root);
+  else if (name === "model") modelView(view, root);
   else linesView(view, root, params);
 }
 
@@ -761,6 +762,71 @@ function feedbackPanel(job, reload) {
         el("button", { type: "button", onclick: () => send({ verdict: "correct", decision: d }),
                        text: `Correct to ${d}` }))),
     message);
+}
+
+// --- model -----------------------------------------------------------------------------
+
+const metric = (value) => (typeof value === "number" ? value.toFixed(4) : "–");
+
+function modelView(view, root) {
+  const body = el("div", { class: "stack", id: "model" });
+  root.append(el("h1", { text: "Model" }), body);
+  apiJson("/v1/model").then((model) => {
+    if (!view.alive) return;
+    const served = model.versions.find((v) => v.served);
+    const others = model.versions.filter((v) => !v.served);
+    body.replaceChildren(
+      servedPanel(model, served),
+      el("div", { class: "panel" }, el("h2", { text: "Other installed versions" }),
+        others.length === 0 ? el("p", { class: "muted", text: "None." })
+          : el("table", { id: "other-versions" },
+            el("thead", {}, el("tr", {}, ...["Version", "sha256", "Architecture",
+              "Mean Dice", "Image AUROC", "Trained"].map((h) => el("th", { text: h })))),
+            el("tbody", {}, ...others.map((v) => el("tr", { "data-version": v.version },
+              el("td", { text: v.version }),
+              ...(v.card ? [el("td", { text: `${v.card.sha256.slice(0, 16)}…` }),
+                el("td", { text: v.card.architecture || "user model" }),
+                el("td", { text: metric(v.card.metrics && v.card.metrics.mean_dice) }),
+                el("td", { text: metric(v.card.metrics && v.card.metrics.image_auroc) }),
+                el("td", { text: v.card.training ? v.card.training.command || "–" : "–" })]
+                : [el("td", { colspan: 5, class: "muted", text: "no model card" })])))))),
+      el("p", { class: "muted", text: "Triton loads the served version when it starts (or "
+        + "when the model is loaded again); `inspectq model select N` chooses another." }));
+  }).catch((error) => { if (view.alive) showError(body, error); });
+}
+
+function servedPanel(model, served) {
+  const card = served && served.card;
+  const panel = el("div", { class: "panel", id: "served" },
+    el("h2", { text: `${model.name} version ${model.served_version} (served)` }));
+  if (!card) {
+    panel.append(el("p", { class: "muted", text: "This version has no model card." }));
+    return panel;
+  }
+  const metrics = card.metrics || {};
+  const rates = Object.entries(metrics).filter(([k]) => /^(recall_|false_alarm_)/.test(k));
+  panel.append(facts([
+    ["sha256", card.sha256], ["Architecture", card.architecture || "user model"],
+    ["Classes", card.classes.join(", ")],
+    ["Parameters", card.params ? Number(card.params).toLocaleString() : "–"],
+    ["Trained", card.training ? card.training.command || "–" : "–"],
+    ["Held-out images", metrics.images === undefined ? "–" : `${metrics.images} (${
+      metrics.defective_images} defective, ${metrics.good_images} good)`],
+    ["Image AUROC", metric(metrics.image_auroc)],
+    ["Mean Dice", metric(metrics.mean_dice)],
+    ...rates.map(([k, v]) => [k.replaceAll("_", " "), metric(v)]),
+  ]));
+  const perClass = Object.entries(metrics.per_class || {});
+  panel.append(el("h3", { text: "Per class (held-out pixels)" }),
+    perClass.length === 0 ? el("p", { class: "muted", text: "No per-class metrics." })
+      : el("table", { id: "per-class" },
+        el("thead", {}, el("tr", {}, ...["Class", "Dice", "IoU", "True pixels"].map((h) =>
+          el("th", { text: h })))),
+        el("tbody", {}, ...perClass.map(([name, m]) => el("tr", {},
+          el("td", { text: name }), el("td", { text: metric(m.dice) }),
+          el("td", { text: metric(m.iou) }),
+          el("td", { text: m.pixels === undefined ? "–" : Number(m.pixels).toLocaleString() }))))));
+  return panel;
 }
 
 // --- try it ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ index them with the real ``workers.indexer.Indexer``."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import threading
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ from inspectq.keyspace import heatmap_beside, keys_for
 from inspectq.result import InspectionResult
 from inspectq.storage import ObjectStore
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, empty_index, fresh_postgres
+from triton_models import card
+from triton_models.repository import MODEL_NAME, Repositories
 from workers.indexer import Indexer
 
 REDIS_URL = "redis://127.0.0.1:6379/6"
@@ -147,6 +150,21 @@ class Stack:
         return response.json()
 
 
+def model_repository(root: Path) -> Path:
+    """A model repository of two versions with real cards: the shipped model's card as the
+    served version 2, and its image-label-only sibling's (the card's ``label_only``
+    section: the same data, trained with the masks hidden) as version 1."""
+    shipped = Repositories()
+    served = card.read(shipped.model_file(shipped.served_version()).parent)
+    for version, content in ((1, served["label_only"]), (2, served)):
+        folder = root / MODEL_NAME / str(version)
+        folder.mkdir(parents=True)
+        (folder / card.CARD_JSON).write_text(json.dumps(content))
+    (root / MODEL_NAME / "config.pbtxt").write_text(
+        f'name: "{MODEL_NAME}"\nversion_policy: {{ specific: {{ versions: [ 2 ] }} }}\n')
+    return root
+
+
 @pytest.fixture(scope="session")
 def stack(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     redis.Redis.from_url(REDIS_URL).flushdb()
@@ -162,6 +180,7 @@ def stack(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         api_keys_file=str(tmp_path_factory.mktemp("keys") / "keys.json"),
         rate_limit="10000/minute",
         max_wait_s=5,
+        model_repository=str(model_repository(tmp_path_factory.mktemp("models"))),
     )
     ObjectStore(settings).ensure_bucket()
     server = make_server("127.0.0.1", free_port(), create_app(settings), threaded=True)

@@ -221,6 +221,29 @@ def test_the_control_chart_draws_baseline_limit_and_alerts_and_lists_open_ones(
     assert tab.errors == []
 
 
+def test_the_model_page_shows_the_served_versions_card_and_the_others(tab: Page) -> None:
+    model = requests.get(f"{tab.stack.url}/v1/model", headers=AUTH, timeout=10).json()
+    [served] = [v["card"] for v in model["versions"] if v["served"]]
+    tab.sign_in()
+    tab.page.get_by_role("link", name="Model").click()
+    expect(tab.page.locator("#served h2")).to_have_text("inspectq_seg version 2 (served)")
+    expect(tab.page.locator("#served")).to_contain_text(served["sha256"])
+    rows = tab.page.locator("#per-class tbody tr")
+    expect(rows).to_have_count(len(served["metrics"]["per_class"]))
+    for i, (name, got) in enumerate(served["metrics"]["per_class"].items()):
+        expect(rows.nth(i).locator("td")).to_have_text(
+            [name, f"{got['dice']:.4f}", f"{got['iou']:.4f}", f"{got['pixels']:,}"])
+    other = tab.page.locator("#other-versions tbody tr")
+    expect(other).to_have_count(1)
+    expect(other.first).to_have_attribute("data-version", "1")
+    expect(other.first.locator("td").nth(3)).to_have_text(
+        f"{served['label_only']['metrics']['mean_dice']:.4f}")
+    tab.shot("model")
+    tab.page.set_viewport_size({"width": 768, "height": 1024})
+    tab.shot("model-tablet")
+    assert tab.errors == []
+
+
 def test_review_queue_is_worked_with_the_keyboard(tab: Page, stack: Stack) -> None:
     review = [stack.ended("weld-3", "REVIEW", 0.45 + i / 100) for i in range(4)]
     stack.ended("weld-3", "REJECT", 0.9)  # not in the queue
