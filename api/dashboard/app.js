@@ -4,6 +4,7 @@
 
 const KEY = "inspectq.key";
 const REFRESH_MS = 10000;
+const PAGE_SIZE = 48; // thumbnails per page of the line view
 const WINDOWS = { "1h": 3600e3, "8h": 8 * 3600e3, "24h": 24 * 3600e3 };
 const WINDOW_LABELS = { "1h": "last hour", "8h": "last 8 hours", "24h": "last 24 hours" };
 const BUCKET_OF = { "1h": "minute", "8h": "hour", "24h": "hour" };
@@ -450,31 +451,65 @@ function lineView(view, root, line, params) {
     }
   }
 
-  (async () => {
-    try {
-      const pages = await Promise.all(decisions.map((d) =>
-        apiJson(`/v1/jobs?${query({ line, camera, decision: d, since, limit: 48 })}`)));
-      if (!view.alive) return;
-      const jobs = pages.flatMap((page) => page.jobs)
-        .sort((a, b) => b.created_at.localeCompare(a.created_at)).slice(0, 48);
-      if (jobs.length === 0) {
-        thumbs.replaceChildren(el("p", { class: "muted", text: "No matching images." }));
-        return;
-      }
-      thumbs.replaceChildren(...jobs.map((job) => el("a",
-        { class: "thumb", href: `#/job/${encodeURIComponent(job.id)}`, "data-job": job.id },
-        job.status === "done"
-          ? authImage(view, `/v1/jobs/${encodeURIComponent(job.id)}/overlay`,
-                      `Overlay of ${job.id}`)
-          : el("div", { class: "muted", text: "failed" }),
-        el("div", { class: "meta" }, badge(job.decision),
-          el("span", { text: `score ${num(job.score, 2)}` }),
-          el("span", { text: job.camera || "" })),
-        el("div", { class: "meta muted" }, el("span", { text: when(job.created_at) })))));
-    } catch (error) {
-      if (view.alive) showError(thumbs, error);
+  // One keyset-paged listing per decision, merged newest first (the API's order: created_at,
+  // then id); each listing fetches its next page only when the merge needs it.
+  const listings = decisions.map((d) => ({ decision: d, jobs: [], cursor: null, ended: false }));
+  const newest = (a, b) => (`${a.jobs[0].created_at} ${a.jobs[0].id}` >= `${
+    b.jobs[0].created_at} ${b.jobs[0].id}` ? a : b);
+  async function fetchPage(listing) {
+    const page = await apiJson(`/v1/jobs?${query({ line, camera, decision: listing.decision,
+      since, limit: PAGE_SIZE, cursor: listing.cursor })}`);
+    listing.jobs.push(...page.jobs);
+    listing.cursor = page.next_cursor;
+    listing.ended = !page.next_cursor;
+  }
+  async function nextJobs() {
+    const out = [];
+    while (out.length < PAGE_SIZE) {
+      await Promise.all(listings.filter((l) => l.jobs.length === 0 && !l.ended).map(fetchPage));
+      const waiting = listings.filter((l) => l.jobs.length > 0);
+      if (waiting.length === 0) break;
+      out.push(waiting.reduce(newest).jobs.shift());
     }
-  })();
+    return out;
+  }
+  const more = el("button", { type: "button", id: "load-more", hidden: true,
+                              onclick: () => showMore(), text: "Load more" });
+  root.append(more);
+  let shown = 0;
+
+  async function showMore() {
+    more.disabled = true;
+    try {
+      const jobs = await nextJobs();
+      if (!view.alive) return;
+      if (shown === 0) {
+        thumbs.replaceChildren(...(jobs.length ? [] : [el("p", { class: "muted",
+                                                                 text: "No matching images." })]));
+      }
+      thumbs.append(...jobs.map((job) => thumb(view, job)));
+      shown += jobs.length;
+      more.hidden = listings.every((l) => l.ended && l.jobs.length === 0);
+      more.textContent = `Load more (${shown} shown)`;
+    } catch (error) {
+      if (view.alive) showError(status, error);
+    } finally {
+      more.disabled = false;
+    }
+  }
+  showMore();
+}
+
+function thumb(view, job) {
+  return el("a",
+    { class: "thumb", href: `#/job/${encodeURIComponent(job.id)}`, "data-job": job.id },
+    job.status === "done"
+      ? authImage(view, `/v1/jobs/${encodeURIComponent(job.id)}/overlay`, `Overlay of ${job.id}`)
+      : el("div", { class: "muted", text: "failed" }),
+    el("div", { class: "meta" }, badge(job.decision),
+      el("span", { text: `score ${num(job.score, 2)}` }),
+      el("span", { text: job.camera || "" })),
+    el("div", { class: "meta muted" }, el("span", { text: when(job.created_at) })));
 }
 
 // --- review queue ---------------------------------------------------------------------

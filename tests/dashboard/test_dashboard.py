@@ -244,6 +244,35 @@ def test_the_model_page_shows_the_served_versions_card_and_the_others(tab: Page)
     assert tab.errors == []
 
 
+def test_the_line_view_pages_through_rejects_and_reviews_newest_first(
+    tab: Page, stack: Stack
+) -> None:
+    """55 REJECT and REVIEW images, interleaved: 48 on the first page, 7 more on the next,
+    merged from the two keyset-paged listings in the API's order, none twice."""
+    jobs = [stack.ended("roll-2", "REJECT" if i % 3 else "REVIEW", 0.9 if i % 3 else 0.5)
+            for i in range(55)]
+    stack.ended("roll-2", "PASS", 0.1)  # not shown
+    stack.index()
+    listed = requests.get(f"{stack.url}/v1/jobs?line=roll-2&limit=100", headers=AUTH,
+                          timeout=10).json()["jobs"]
+    expected = [job["id"] for job in listed if job["decision"] != "PASS"]
+    assert sorted(expected) == sorted(jobs)
+    tab.sign_in()
+    tab.go("#/line/roll-2")
+    thumbs = tab.page.locator("#thumbs .thumb")
+    expect(thumbs).to_have_count(48)
+    more = tab.page.locator("#load-more")
+    expect(more).to_have_text("Load more (48 shown)")
+    tab.images_loaded("#thumbs img")
+    more.scroll_into_view_if_needed()
+    tab.shot("line-paging", full_page=False)
+    more.click()
+    expect(thumbs).to_have_count(55)
+    expect(more).to_be_hidden()
+    assert [thumbs.nth(i).get_attribute("data-job") for i in range(55)] == expected
+    assert tab.errors == []
+
+
 def test_review_queue_is_worked_with_the_keyboard(tab: Page, stack: Stack) -> None:
     review = [stack.ended("weld-3", "REVIEW", 0.45 + i / 100) for i in range(4)]
     stack.ended("weld-3", "REJECT", 0.9)  # not in the queue
