@@ -37,9 +37,9 @@ def model(ctx: click.Context, gpu_repository: Path, cpu_repository: Path) -> Non
     or roll back the served version, verify every version. The contract is
     docs/model-contract.md.
 
-    `install` runs a smoke inference, so it needs torch: run it from the model environment
-    (`.venv-model/bin/inspectq`, made by `make venv`). `list`, `select` and `verify` run
-    anywhere.
+    `install` and `evaluate` run the model, so they need torch: run them from the model
+    environment (`.venv-model/bin/inspectq`, made by `make venv`). `list`, `select` and
+    `verify` run anywhere.
 
     \b
     Examples:
@@ -69,10 +69,7 @@ def install(repos: Repositories, model_file: Path, classes: str | None, sha256: 
     Example:
       .venv-model/bin/inspectq model install my_model.pt --classes scratch,pit --select
     """
-    if find_spec("torch") is None:
-        raise click.ClickException(
-            "`model install` runs a smoke inference and needs torch: use the model "
-            "environment, e.g. .venv-model/bin/inspectq model install ...")
+    _need_torch("install")
     with _refusals():
         extra = json.loads(card_file.read_text()) if card_file else None
         names = classes.split(",") if classes else None
@@ -82,6 +79,49 @@ def install(repos: Repositories, model_file: Path, classes: str | None, sha256: 
                f"({repos.model_file(version)}); serving version {served}")
     if served != version:
         click.echo(f"serve it with: inspectq model select {version}")
+
+
+def _need_torch(command: str) -> None:
+    if find_spec("torch") is None:
+        raise click.ClickException(
+            f"`model {command}` runs the model and needs torch: use the model environment, "
+            f"e.g. .venv-model/bin/inspectq model {command} ...")
+
+
+@model.command()
+@click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--pass-threshold", type=float, default=None,
+              help="PASS below this (default: the service's, 0.40).")
+@click.option("--reject-threshold", type=float, default=None,
+              help="REJECT above this (default: the service's, 0.65).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def evaluate(model_file: Path, data: Path, pass_threshold: float | None,
+             reject_threshold: float | None, as_json: bool) -> None:
+    """Score every image of DATA exactly as the service would (decode, native-scale 256 px
+    tiles, max over tiles, quality rule) with MODEL_FILE (TorchScript) and print the image
+    AUROC, the recall of defective images at REJECT, the false alarms (good images not
+    PASSed), the misses (defective PASSed), the share sent to REVIEW and the share out of
+    domain. DATA: an MVTec-layout folder, a folder of good/ and <defect class>/ subfolders,
+    or a file of `PATH LABEL` lines (LABEL good or a class). Needs torch.
+
+    \b
+    Example:
+      .venv-model/bin/inspectq model evaluate model.pt my_parts/
+    """
+    _need_torch("evaluate")
+    from triton_models import evaluate as scoring
+
+    with _refusals():
+        figures = scoring.evaluate(
+            model_file, data,
+            scoring.PASS_BELOW if pass_threshold is None else pass_threshold,
+            scoring.REJECT_ABOVE if reject_threshold is None else reject_threshold)
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    for key, value in figures.items():
+        click.echo(f"{key.replace('_', ' '):<30} {value}")
 
 
 @model.command()

@@ -9,8 +9,9 @@ the next version of both Triton repositories, choose or roll back the served ver
 `install` refuses, with a message naming the file and exit status 1, a file that is missing,
 truncated, not TorchScript, not the `--sha256` given, whose forward does not take exactly one
 input named `images`, whose smoke inferences (uint8 [N,3,256,256] probe images, alone and in
-batches of 2 to 16) do not return the contract's outputs, dtypes, shapes and value ranges, or
-in which an image's outputs change with the other images of its batch.
+batches of 2 to 16) do not return the contract's outputs (the three required ones, or those
+and the optional `ood_score`), dtypes, shapes and value ranges, or in which an image's outputs
+change with the other images of its batch.
 The contract is docs/model-contract.md.
 """
 
@@ -38,6 +39,8 @@ SIZE = 256
 OUTPUTS = (("class_map", "uint8", (SIZE, SIZE)),
            ("defect_prob", "float16", (SIZE, SIZE)),
            ("image_score", "float32", (1,)))
+#: The optional fourth output: out-of-domain score, >= 0, above 1.0 = out of domain.
+OOD_OUTPUT = ("ood_score", "float32", (1,))
 # How far defect_prob and image_score may move between an image alone and in a batch: batched
 # kernels may round differently, and one float16 step of defect_prob near 1 is 4.9e-4.
 BATCH_TOLERANCE = 1e-3
@@ -95,10 +98,12 @@ def _infer(path: Path, model: Any, images: Tensor, num_classes: int) -> tuple[Te
     except Exception as error:
         raise ContractError(f"{path}: smoke inference on {shape} failed: "
                             f"{str(error).splitlines()[0]}") from error
-    if not isinstance(outputs, (tuple, list)) or len(outputs) != len(OUTPUTS):
+    if not isinstance(outputs, (tuple, list)) or len(outputs) not in (3, 4):
         raise ContractError(f"{path}: forward must return 3 tensors (class_map, defect_prob, "
-                            f"image_score), got {type(outputs).__name__}")
-    for tensor, (name, dtype_name, item_shape) in zip(outputs, OUTPUTS, strict=True):
+                            f"image_score) or 4 (and ood_score), got "
+                            f"{type(outputs).__name__}")
+    for tensor, (name, dtype_name, item_shape) in zip(outputs, (*OUTPUTS, OOD_OUTPUT)[
+            :len(outputs)], strict=True):
         dtype, expected_shape = getattr(torch, dtype_name), (len(images), *item_shape)
         if not isinstance(tensor, torch.Tensor):
             raise ContractError(f"{path}: output {name} is not a tensor")
@@ -106,7 +111,7 @@ def _infer(path: Path, model: Any, images: Tensor, num_classes: int) -> tuple[Te
             raise ContractError(f"{path}: output {name} is {tensor.dtype} "
                                 f"{list(tensor.shape)}, the contract needs {dtype} "
                                 f"{list(expected_shape)} for input {shape}")
-    class_map, defect_prob, score = outputs
+    class_map, defect_prob, score = outputs[:3]
     if int(class_map.max()) >= num_classes:
         raise ContractError(f"{path}: class_map holds {int(class_map.max())}, but there are "
                             f"only {num_classes} classes (pass --classes)")
@@ -114,6 +119,9 @@ def _infer(path: Path, model: Any, images: Tensor, num_classes: int) -> tuple[Te
         if not torch.isfinite(tensor).all() or tensor.min() < 0 or tensor.max() > 1:
             raise ContractError(f"{path}: {name} must be finite and within 0..1, got "
                                 f"{float(tensor.min())}..{float(tensor.max())}")
+    if len(outputs) == 4 and (not torch.isfinite(outputs[3]).all() or outputs[3].min() < 0):
+        raise ContractError(f"{path}: ood_score must be finite and >= 0, got "
+                            f"{float(outputs[3].min())}..{float(outputs[3].max())}")
     return tuple(outputs)
 
 
@@ -127,8 +135,11 @@ def _batch_drift(path: Path, image: str, alone: tuple[Tensor, ...], batched: tup
         raise ContractError(f"{path}: class_map of the {image} probe image changes in {changed} "
                             f"pixels {where}: batch items interact")
     drift = 0.0
-    for (name, _, _), one, many in zip(OUTPUTS[1:], alone[1:], batched[1:], strict=True):
+    names = [name for name, _, _ in (*OUTPUTS, OOD_OUTPUT)][1:len(alone)]
+    for name, one, many in zip(names, alone[1:], batched[1:], strict=True):
         diff = float((one[0].float() - many[position].float()).abs().max())
+        if name == OOD_OUTPUT[0]:  # unbounded: relative to its size
+            diff /= max(1.0, float(one[0].abs().max()))
         if diff > BATCH_TOLERANCE:
             raise ContractError(f"{path}: {name} of the {image} probe image moves by {diff:.4f} "
                                 f"{where}: batch items interact")
@@ -166,13 +177,18 @@ def smoke_test(path: Path, num_classes: int) -> dict[str, Any]:
         for position, index in enumerate(batch):
             drift = max(drift, _batch_drift(path, names[index], alone[index], batched, position,
                                            [names[i] for i in batch]))
-    return {"input": f"uint8 [N,3,{SIZE},{SIZE}]",
-            "outputs": {name: f"{dtype} [N, {', '.join(map(str, shape))}]"
-                        for name, dtype, shape in OUTPUTS},
-            "image_score": {name: round(float(outputs[2][0, 0]), 4)
-                            for name, outputs in zip(names, alone, strict=True)},
-            "batch_sizes": [1, *(len(batch) for batch in batches)],
-            "batch_consistency_max_abs_diff": drift}
+    report: dict[str, Any] = {
+        "input": f"uint8 [N,3,{SIZE},{SIZE}]",
+        "outputs": {name: f"{dtype} [N, {', '.join(map(str, shape))}]"
+                    for name, dtype, shape in (*OUTPUTS, OOD_OUTPUT)[:len(alone[0])]},
+        "image_score": {name: round(float(outputs[2][0, 0]), 4)
+                        for name, outputs in zip(names, alone, strict=True)},
+        "batch_sizes": [1, *(len(batch) for batch in batches)],
+        "batch_consistency_max_abs_diff": drift}
+    if len(alone[0]) == 4:
+        report["ood_score"] = {name: round(float(outputs[3][0, 0]), 3)
+                               for name, outputs in zip(names, alone, strict=True)}
+    return report
 
 
 def install(repos: Repositories, source: Path, classes: list[str] | None,
@@ -198,13 +214,16 @@ def install(repos: Repositories, source: Path, classes: list[str] | None,
         "size_bytes": target.stat().st_size,
         "classes": classes,
         "input": card.INPUT_CONTRACT,
-        "outputs": card.OUTPUT_CONTRACT,
         "source": str(source.resolve()),
         "installed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "smoke_test": smoke,
         **(extra_card or {}),
     }
-    model_card["sha256"] = sha  # never let a supplied card override the measured digest
+    # Never let a supplied card override the measured digest or the outputs the file has
+    # (the configs list the served version's outputs).
+    model_card["sha256"] = sha
+    model_card["outputs"] = [*card.OUTPUT_CONTRACT,
+                             *([card.OOD_OUTPUT] if "ood_score" in smoke else [])]
     card.write(target.parent, model_card)
     sync(repos, version if select else served)
     return version

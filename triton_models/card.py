@@ -29,6 +29,10 @@ OUTPUT_CONTRACT = [
     {"name": "image_score", "dtype": "FP32", "shape": ["N", 1],
      "meaning": "probability that the tile holds a defect, 0..1"},
 ]
+#: The optional fourth output (docs/model-contract.md); every model the trainer makes has it.
+OOD_OUTPUT = {"name": "ood_score", "dtype": "FP32", "shape": ["N", 1],
+              "meaning": "out-of-domain score of the tile: 1.0 is the threshold, > 1.0 is out "
+                         "of domain (unlike the training images)"}
 
 
 def read(card_dir: Path) -> dict[str, Any]:
@@ -85,8 +89,29 @@ def render_markdown(card: dict[str, Any]) -> str:
     if "data" in card:
         lines += ["", "## Data", ""]
         lines += [f"- {k}: `{json.dumps(v)}`" for k, v in card["data"].items()]
-    if "metrics" in card:
+    if "image_auroc" in card.get("metrics", {}):
         lines += ["", "## Held-out metrics", "", *_metrics_md(card["metrics"])]
+    if card.get("service_path_metrics"):
+        lines += ["", "## Decisions through the service's path", "",
+                  "Each held-out file decoded, tiled (native-scale 256 px tiles, or one resized"
+                  " tile when it is no larger) and scored as the workers do; image score = max"
+                  " over tiles; a frame with quality issues never PASSes"
+                  " (`inspectq model evaluate`).", ""]
+        rows = [[name.replace("_", " "), f["thresholds"]["pass_below"],
+                 f["thresholds"]["reject_above"], f["image_auroc"],
+                 f["recall_defective_at_reject"], f["false_alarm_good_not_pass"],
+                 f["missed_defective_pass"], f["share_to_review"],
+                 f.get("out_of_domain_share", "-")]
+                for name, f in card["service_path_metrics"].items()]
+        lines.append(_table(rows, ["thresholds", "PASS below", "REJECT above", "AUROC",
+                                   "defective REJECTed", "good not PASSed (false alarms)",
+                                   "defective PASSed (misses)", "to REVIEW",
+                                   "out of domain"]))
+    for key in ("calibration", "out_of_domain", "post_training"):
+        if key in card:
+            lines += ["", f"## {key.replace('_', ' ').capitalize()}", ""]
+            lines += [f"- {k.replace('_', ' ')}: {json.dumps(v) if isinstance(v, dict) else v}"
+                      for k, v in card[key].items()]
     if "label_only" in card:
         # The card of a model trained on the same data with the masks hidden (--label-only).
         lo = card["label_only"]

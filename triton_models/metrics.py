@@ -45,7 +45,7 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch: int = 16,
     """Class maps (N,H,W) uint8 and image scores (N,) of uint8 images (N,3,H,W)."""
     maps, scores = [], []
     for start in tqdm(range(0, len(images), batch), desc=desc, unit="batch"):
-        class_map, _, score = model(torch.from_numpy(images[start : start + batch]))
+        class_map, _, score = model(torch.from_numpy(images[start : start + batch]))[:3]
         maps.append(class_map.numpy())
         scores.append(score[:, 0].float().numpy())
     return np.concatenate(maps), np.concatenate(scores)

@@ -12,6 +12,13 @@ pixels). From image labels alone the map is first averaged over `LABEL_ONLY_CELL
 cells and r = `LABEL_ONLY_SHARPNESS`, closer to a max: the image label's gradient lands on
 the few most suspicious regions instead of spreading over all 65,536 pixels, and the class
 map becomes a coarse heatmap of those regions.
+
+Two post-training steps (`triton_models.calibrate`) fill buffers that the exported file
+keeps: a Platt calibration of the image logit (`calib_scale`, `calib_bias`; identity until
+fitted), so the served `image_score` is calibrated on held-out data, and the out-of-domain
+statistics of the training set (`ood_mean`, `ood_precision`, `ood_threshold`): the
+Mahalanobis distance of a tile's pooled encoder features from the training tiles' mean,
+divided by the threshold distance, is the fourth output `ood_score` (> 1 = out of domain).
 """
 
 from __future__ import annotations
@@ -40,7 +47,9 @@ def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 class UNet(nn.Module):
     """A small U-Net. With `stem_stride=2` the first layer halves the resolution, which
-    cuts the FLOPs about sixfold on CPU; logits are upsampled bilinearly at the end."""
+    cuts the FLOPs about sixfold on CPU; logits are upsampled bilinearly at the end.
+    `forward_features` also returns the spatial mean of every encoder level's features
+    (sum(widths) = 240 values per image), the statistics the out-of-domain score uses."""
 
     def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 64, 128),
                  stem_stride: int = 2) -> None:
@@ -58,12 +67,18 @@ class UNet(nn.Module):
             for a, b in reversed(list(pairwise(widths)))
         )
         self.head = nn.Conv2d(widths[0], num_classes, 1)
+        self.feature_dim = sum(widths)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits (N,C,H,W), pooled encoder features (N, feature_dim))."""
         size = x.shape[-2:]
         skips = [self.stem(x)]
         for block in self.down:
             skips.append(block(skips[-1]))
+        features = torch.cat([skip.mean((2, 3)) for skip in skips], 1)
         y = skips[-1]
         for j, block in enumerate(self.up):
             skip = skips[len(skips) - 2 - j]
@@ -72,7 +87,7 @@ class UNet(nn.Module):
         logits = self.head(y)
         if self.stem_stride != 1:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return logits
+        return logits, features
 
 
 class LRASPP(nn.Module):
@@ -84,9 +99,16 @@ class LRASPP(nn.Module):
 
         self.inner = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
                                                num_classes=num_classes)
+        self.feature_dim = 960  # channels of MobileNetV3-Large's last stage
 
     def forward(self, x: Tensor) -> Tensor:
         return self.inner(x)["out"]
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        stages = self.inner.backbone(x)
+        logits = F.interpolate(self.inner.classifier(stages), size=x.shape[-2:],
+                               mode="bilinear", align_corners=False)
+        return logits, stages["high"].mean((2, 3))
 
 
 def build_backbone(arch: str, num_classes: int) -> nn.Module:
@@ -110,7 +132,8 @@ def smooth_max(z: Tensor, sharpness: float) -> Tensor:
 
 
 class InspectqSeg(nn.Module):
-    """The deployable model: uint8 images in, the contract's three outputs out."""
+    """The deployable model: uint8 images in, the contract's three outputs and the optional
+    `ood_score` out."""
 
     def __init__(self, backbone: nn.Module, pool_sharpness: float = POOL_SHARPNESS,
                  pool_cell: int = 1) -> None:
@@ -122,6 +145,12 @@ class InspectqSeg(nn.Module):
         self.pool_cell = pool_cell
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+        self.register_buffer("calib_scale", torch.tensor(1.0))
+        self.register_buffer("calib_bias", torch.tensor(0.0))
+        dim = int(backbone.feature_dim)
+        self.register_buffer("ood_mean", torch.zeros(dim))
+        self.register_buffer("ood_precision", torch.eye(dim))
+        self.register_buffer("ood_threshold", torch.tensor(1.0))
 
     def normalize(self, images: Tensor) -> Tensor:
         return (images.float() / 255.0 - self.mean) / self.std
@@ -129,6 +158,12 @@ class InspectqSeg(nn.Module):
     def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(pixel logits, image logit (N,), per-class presence logits (N,K)) of normalized x."""
         logits = self.backbone(x)
+        image_logit, presence = self.pool(logits)
+        return logits, image_logit, presence
+
+    def pool(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """(image logit (N,), per-class presence logits (N,K)) of pixel logits (N,C,H,W);
+        the image logit is not calibrated yet (see `forward`)."""
         background = logits[:, :1]
         any_defect = torch.logsumexp(logits[:, 1:], 1, keepdim=True) - background
         per_class = logits[:, 1:] - background
@@ -138,11 +173,20 @@ class InspectqSeg(nn.Module):
         pooled = smooth_max(any_defect, self.pool_sharpness)[:, 0]
         image_logit = self.score_scale * pooled + self.score_bias
         presence = smooth_max(per_class, self.pool_sharpness)
-        return logits, image_logit, presence
+        return image_logit, presence
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        logits, image_logit, _ = self.heads(self.normalize(images))
+    def ood_distance(self, features: Tensor) -> Tensor:
+        """Mahalanobis distance (N,) of pooled features (N,D) from the training mean."""
+        centred = features - self.ood_mean
+        squared = ((centred @ self.ood_precision) * centred).sum(1)
+        return torch.sqrt(torch.clamp(squared, min=0.0))
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        logits, features = self.backbone.forward_features(self.normalize(images))
+        image_logit, _ = self.pool(logits)
         class_map = torch.argmax(logits, 1).to(torch.uint8)
         defect_prob = (1.0 - torch.softmax(logits, 1)[:, 0]).to(torch.float16)
-        image_score = torch.sigmoid(image_logit).unsqueeze(1)
-        return class_map, defect_prob, image_score
+        calibrated = self.calib_scale * image_logit + self.calib_bias
+        image_score = torch.sigmoid(calibrated).unsqueeze(1)
+        ood_score = (self.ood_distance(features) / self.ood_threshold).unsqueeze(1)
+        return class_map, defect_prob, image_score, ood_score

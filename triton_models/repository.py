@@ -10,7 +10,9 @@
 The CPU model loads the GPU repository's `<N>/model.pt` (config parameter `torchscript_dir`),
 so both serve the same file. Both configs are rendered by this module from the version
 folders' model cards and the served version, so they cannot drift apart: the contract part
-(name, inputs, outputs, max_batch_size, `classes`, `sha256_v<N>`) is identical.
+(name, inputs, outputs, max_batch_size, `classes`, `sha256_v<N>`) is identical. The optional
+output `ood_score` is listed only when the served version's card has it (Triton's PyTorch
+backend maps outputs by position and refuses a config listing more than the model returns).
 """
 
 from __future__ import annotations
@@ -90,9 +92,16 @@ output [
     name: "image_score"
     data_type: TYPE_FP32
     dims: [ 1 ]
-  }}
+  }}{ood}
 ]
 """
+_OOD = """,
+  {
+    name: "ood_score"
+    data_type: TYPE_FP32
+    dims: [ 1 ]
+  }"""
+OOD_OUTPUT = "ood_score"
 
 
 def _parameters(items: dict[str, str]) -> str:
@@ -116,10 +125,11 @@ def _warmup(batch_sizes: list[int]) -> str:
     return f"model_warmup [\n{entries}\n]\n"
 
 
-def _common(served: int, kind_line: str) -> str:
+def _common(served: int, kind_line: str, ood: bool) -> str:
     return (f'name: "{MODEL_NAME}"\n{kind_line}\n'
             f"max_batch_size: {MAX_BATCH_SIZE}\n"
-            f"version_policy: {{ specific: {{ versions: [ {served} ] }} }}\n" + _IO.format())
+            f"version_policy: {{ specific: {{ versions: [ {served} ] }} }}\n"
+            + _IO.format(ood=_OOD if ood else ""))
 
 
 def _contract_parameters(classes: list[str], shas: dict[int, str]) -> dict[str, str]:
@@ -132,7 +142,8 @@ GPU_PREFERRED = [8, 16, 32]
 CPU_PREFERRED = [4, 8]
 
 
-def render_gpu_config(served: int, classes: list[str], shas: dict[int, str]) -> str:
+def render_gpu_config(served: int, classes: list[str], shas: dict[int, str],
+                      ood: bool) -> str:
     params = {
         # libtorch backend knobs: inference mode, one inter-op thread, intra-op threads
         # bounded so several instances or models on one host do not oversubscribe cores.
@@ -145,7 +156,7 @@ def render_gpu_config(served: int, classes: list[str], shas: dict[int, str]) -> 
     return (
         "# GPU deployment in NVIDIA's Triton container (PyTorch/libtorch backend).\n"
         "# Rendered by triton_models.repository; edit with `inspectq model`.\n"
-        + _common(served, 'platform: "pytorch_libtorch"')
+        + _common(served, 'platform: "pytorch_libtorch"', ood)
         + "dynamic_batching {\n"
         f"  preferred_batch_size: [ {', '.join(map(str, GPU_PREFERRED))} ]\n"
         "  max_queue_delay_microseconds: 2000\n}\n"
@@ -155,7 +166,7 @@ def render_gpu_config(served: int, classes: list[str], shas: dict[int, str]) -> 
 
 
 def render_cpu_config(served: int, classes: list[str], shas: dict[int, str],
-                      torchscript_dir: str) -> str:
+                      torchscript_dir: str, ood: bool) -> str:
     """`torchscript_dir`: the GPU model folder, relative to the CPU model folder."""
     # One intra-op thread: on a small CPU box Triton shares the cores with the workers, API
     # and S3, and torch's spinning thread pool then loses more to contention than it gains
@@ -170,7 +181,7 @@ def render_cpu_config(served: int, classes: list[str], shas: dict[int, str],
     return (
         "# CPU variant for the tritonserver of the nvidia-pytriton wheel (Python backend).\n"
         "# Rendered by triton_models.repository; edit with `inspectq model`.\n"
-        + _common(served, 'backend: "python"')
+        + _common(served, 'backend: "python"', ood)
         + "dynamic_batching {\n"
         f"  preferred_batch_size: [ {', '.join(map(str, CPU_PREFERRED))} ]\n"
         "  max_queue_delay_microseconds: 2000\n}\n"
@@ -186,7 +197,9 @@ def sync(repos: Repositories, served: int) -> None:
     if served not in versions:
         raise ValueError(f"version {served} is not in {repos.gpu_model} (have {versions})")
     shas = {v: card.read(repos.model_file(v).parent)["sha256"] for v in versions}
-    classes = card.read(repos.model_file(served).parent)["classes"]
+    served_card = card.read(repos.model_file(served).parent)
+    classes = served_card["classes"]
+    ood = OOD_OUTPUT in [output["name"] for output in served_card["outputs"]]
     for v in versions:
         folder = repos.cpu_model / str(v)
         folder.mkdir(parents=True, exist_ok=True)
@@ -194,7 +207,8 @@ def sync(repos: Repositories, served: int) -> None:
         if not link.is_symlink():
             link.unlink(missing_ok=True)
             link.symlink_to(os.path.relpath(PACKAGE / BACKEND_CODE, folder))
-    (repos.gpu_model / "config.pbtxt").write_text(render_gpu_config(served, classes, shas))
+    (repos.gpu_model / "config.pbtxt").write_text(
+        render_gpu_config(served, classes, shas, ood))
     torchscript_dir = os.path.relpath(repos.gpu_model, repos.cpu_model)
     (repos.cpu_model / "config.pbtxt").write_text(
-        render_cpu_config(served, classes, shas, torchscript_dir))
+        render_cpu_config(served, classes, shas, torchscript_dir, ood))

@@ -10,7 +10,17 @@ Without ground_truth/ (or with --label-only): the same network learns from image
 multiple-instance style: the pooled defect map is supervised by "image is defective" and the
 pooled per-class maps by the image's folder; the class map becomes a coarse heatmap.
 
-Without --eval-data, a stratified --val-fraction of the images is held out for the metrics.
+Without --eval-data, a stratified --val-fraction of the images is held out for the metrics
+(0: nothing held out, no metrics and no calibration).
+
+After training (`triton_models.calibrate`): the out-of-domain statistics of the training
+images and, on held-out images (--calib-data, else the held-out set), the calibration of the
+image score, both kept in the exported file; the card's decision figures come from scoring
+the held-out files exactly as the service does (`triton_models.evaluate`).
+
+Schedule: one cycle (warm-up over the first 10%, then cosine decay to ~0, as torch's
+OneCycleLR) over the run's progress, the larger of steps done / --steps and time spent /
+--max-minutes, so a run stopped by its time budget ends on a fully decayed learning rate.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from triton_models import card, metrics, mvtec
+from triton_models import calibrate, card, evaluate, metrics, mvtec
 from triton_models.export import export, gflops_per_image
 from triton_models.net import (
     ARCHITECTURES,
@@ -43,6 +53,23 @@ from triton_models.net import (
 from triton_models.verify import sha256_of
 
 MODEL_NAME = "inspectq_seg"
+WARMUP = 0.1  # share of the run spent warming the learning rate up
+MOMENTUM = (0.95, 0.85)  # AdamW's beta1 at the start and at the peak learning rate
+DIV_START, DIV_END = 25.0, 25.0 * 1e4  # the learning rate's divisors at the start and end
+
+
+def one_cycle(progress: float, warmup: float = WARMUP) -> tuple[float, float]:
+    """(learning-rate factor, beta1) at `progress` 0..1 of the run: OneCycleLR's cosine
+    shape, from 1/DIV_START up to 1 over `warmup`, then down to 1/DIV_END."""
+    if progress <= warmup:
+        pct, lr = progress / warmup, (1 / DIV_START, 1.0)
+        momentum = MOMENTUM
+    else:
+        pct = min((progress - warmup) / (1 - warmup), 1.0)
+        lr, momentum = (1.0, 1 / DIV_END), MOMENTUM[::-1]
+    cos_out = math.cos(math.pi * pct) + 1
+    return (lr[1] + (lr[0] - lr[1]) / 2 * cos_out,
+            momentum[1] + (momentum[0] - momentum[1]) / 2 * cos_out)
 
 
 def split(data: mvtec.Dataset, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +152,7 @@ def train(data: mvtec.Dataset, arch: str, steps: int, batch: int, crop: int, lr:
           seed: int, max_seconds: float | None = None) -> tuple[InspectqSeg, dict[str, object]]:
     """Train from scratch; stops after `steps` or `max_seconds`, whichever comes first.
 
-    The learning rate follows a one-cycle cosine schedule over `steps`."""
+    The learning rate follows `one_cycle` over the progress (see the module docstring)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     num_classes = len(data.classes)
@@ -135,26 +162,31 @@ def train(data: mvtec.Dataset, arch: str, steps: int, batch: int, crop: int, lr:
     else:
         model = InspectqSeg(backbone, POOL_SHARPNESS)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps,
-                                                   pct_start=0.1)
+    # OneCycleLR's phase boundary: the peak at step WARMUP * steps - 1 of steps - 1.
+    warmup = (WARMUP * steps - 1) / max(steps - 1, 1) if steps > 10 else WARMUP
     if data.masks is None:
         crop = data.images.shape[-1]
     model.train()
     start = time.monotonic()
     done = 0
     bar = tqdm(range(steps), desc=f"train {arch}", unit="step")
+    progress = 0.0
     for step in bar:
+        progress = max(step / max(steps - 1, 1),
+                       0.0 if max_seconds is None else (time.monotonic() - start) / max_seconds)
+        factor, beta1 = one_cycle(min(progress, 1.0), warmup)
+        for group in optimizer.param_groups:
+            group["lr"], group["betas"] = lr * factor, (beta1, group["betas"][1])
         index = rng.integers(0, len(data.labels), size=batch)
         images, masks, labels = make_batch(data, index, crop, rng)
         loss = loss_fn(model, images, masks, labels, num_classes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        schedule.step()
         done = step + 1
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if max_seconds is not None and time.monotonic() - start > max_seconds:
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr * factor:.1e}")
+        if progress >= 1.0:
             break
     bar.close()
     model.eval()
@@ -164,9 +196,17 @@ def train(data: mvtec.Dataset, arch: str, steps: int, batch: int, crop: int, lr:
         "crop": crop,
         "lr": lr,
         "seconds": round(time.monotonic() - start, 1),
+        "seconds_per_step": round((time.monotonic() - start) / max(done, 1), 3),
+        "ended_by": "time budget" if done < steps else "steps",
         "mode": "image labels only" if data.masks is None else "pixel masks",
     }
     return model, info
+
+
+def samples_of(data: mvtec.Dataset, root: Path) -> list[evaluate.Sample]:
+    """The files of `data` (loaded from `root`) with their labels, for the service's path."""
+    return [evaluate.Sample(root / name, evaluate.GOOD if k == 0 else data.classes[k])
+            for name, k in zip(data.files, data.labels, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,7 +214,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("data", type=Path, help="training folder, MVTec AD layout")
     parser.add_argument("--eval-data", type=Path, default=None,
                         help="held-out folder (default: hold out --val-fraction of DATA)")
-    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of DATA held out when there is no --eval-data (0: none)")
+    parser.add_argument("--calib-data", type=Path, default=None,
+                        help="held-out images to calibrate the score on (default: the "
+                             "held-out set); any form `inspectq model evaluate` reads")
+    parser.add_argument("--target-recall", type=float, default=None,
+                        help="recommend thresholds that let at most 1 - this share of the "
+                             "defective held-out images PASS (e.g. 0.99)")
     parser.add_argument("--out", type=Path, required=True,
                         help="version folder to write model.pt and the model card into")
     parser.add_argument("--classes", default=None,
@@ -182,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(default: sorted folder names of test/)")
     parser.add_argument("--arch", choices=ARCHITECTURES, default="unet-s2")
     parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="training time budget; the schedule ends with it (--steps is "
+                             "then an upper bound)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--crop", type=int, default=128,
                         help="training crop size with masks (full image without masks)")
@@ -206,11 +256,21 @@ def main(argv: list[str] | None = None) -> None:
         train_data, held = data.subset(train_idx), data.subset(held_idx)
         held_desc = f"{args.val_fraction:.0%} of {args.data} held out (seed {args.seed})"
 
+    held_items = samples_of(held, args.eval_data or args.data)
     model, info = train(train_data, args.arch, args.steps, args.batch, args.crop, args.lr,
-                        args.seed)
+                        args.seed, None if args.max_minutes is None else args.max_minutes * 60)
+    post = calibrate.calibrate(
+        model, samples_of(train_data, args.data),
+        evaluate.samples(args.calib_data) if args.calib_data else held_items,
+        args.target_recall)
     model_path = export(model, args.out / "model.pt")
     scripted = torch.jit.load(str(model_path))
-    result = metrics.evaluate(scripted, held)
+    result: dict[str, object] = {"none": "no held-out images (--val-fraction 0)"}
+    service: dict[str, object] = {}
+    if held_items:
+        result = metrics.evaluate(scripted, held)
+        service = evaluate.card_figures(scripted, held_items,
+                                        post["calibration"].get("recommended_thresholds"))
     wall = round(time.monotonic() - wall_start, 1)
 
     def describe(folder: Path, count: int) -> dict[str, object]:
@@ -228,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         "params": sum(p.numel() for p in model.parameters()),
         "gflops_per_image": gflops_per_image(model, args.size),
         "input": card.INPUT_CONTRACT,
-        "outputs": card.OUTPUT_CONTRACT,
+        "outputs": [*card.OUTPUT_CONTRACT, card.OOD_OUTPUT],
         "training": {
             "command": "python -m triton_models.train " + shlex.join(sys.argv[1:] if argv is None
                                                                       else argv),
@@ -242,14 +302,18 @@ def main(argv: list[str] | None = None) -> None:
         },
         "data": {"train": describe(args.data, len(train_data.labels)),
                  "heldout": {**describe(args.eval_data, len(held.labels))}
-                 if args.eval_data else held_desc},
+                 if args.eval_data else held_desc,
+                 **({"calibration": str(args.calib_data)} if args.calib_data else {})},
         "metrics": result,
+        "service_path_metrics": service,
+        **post,
     }
     model_card["training"].pop("seconds")  # type: ignore[union-attr]
     card.write(args.out, model_card)
     print(json.dumps({"model": str(model_path), "training_seconds": info["seconds"],
-                      "total_seconds": wall, "metrics": result}, indent=2))
-    if math.isnan(float(result["image_auroc"])):  # type: ignore[arg-type]
+                      "total_seconds": wall, "metrics": result,
+                      "service_path_metrics": service, **post}, indent=2))
+    if held_items and math.isnan(float(result["image_auroc"])):  # type: ignore[arg-type]
         print("warning: the held-out set lacks good or defective images; no AUROC")
 
 

@@ -106,6 +106,25 @@ class FirstImageReference(torch.nn.Module):
         return class_map, difference.half(), difference.mean((1, 2)).unsqueeze(1)
 
 
+class WithOod(torch.nn.Module):
+    """Fits the contract with the optional fourth output: ood_score from the brightness."""
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        n = images.shape[0]
+        brightness = images.float().mean((1, 2, 3)).unsqueeze(1)
+        return (torch.zeros(n, 256, 256, dtype=torch.uint8),
+                torch.zeros(n, 256, 256, dtype=torch.float16), torch.zeros(n, 1),
+                brightness / 64)
+
+
+class NegativeOod(torch.nn.Module):
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        n = images.shape[0]
+        return (torch.zeros(n, 256, 256, dtype=torch.uint8),
+                torch.zeros(n, 256, 256, dtype=torch.float16), torch.zeros(n, 1),
+                -torch.ones(n, 1))
+
+
 def scripted(module: torch.nn.Module, path: Path) -> Path:
     torch.jit.save(torch.jit.script(module), str(path))
     return path
@@ -133,6 +152,23 @@ def test_install_select_and_roll_back(repos_copy: Repositories, tmp_path: Path) 
     run_byom(repos_copy, "select", str(served))  # roll back
     assert repos_copy.served_version() == served
     assert len(byom.verify(repos_copy)) == len(repos_copy.versions())
+
+
+def test_a_model_with_ood_score_is_served_with_it_and_one_without_again_without(
+        repos_copy: Repositories, tmp_path: Path) -> None:
+    served = repos_copy.served_version()
+    path = scripted(WithOod(), tmp_path / "ood.pt")
+    run_byom(repos_copy, "install", str(path), "--select")
+    new = repos_copy.served_version()
+    installed = card.read(repos_copy.model_file(new).parent)
+    assert installed["outputs"][-1]["name"] == "ood_score"
+    assert installed["smoke_test"]["ood_score"]["grey"] == 2.0  # 128 / 64
+    for config in (repos_copy.gpu_model / "config.pbtxt", repos_copy.cpu_model / "config.pbtxt"):
+        assert config.read_text().count('name: "ood_score"') == 1
+    run_byom(repos_copy, "select", str(served))
+    had_ood = card.read(repos_copy.model_file(served).parent)["outputs"][-1]["name"]
+    for config in (repos_copy.gpu_model / "config.pbtxt", repos_copy.cpu_model / "config.pbtxt"):
+        assert ('name: "ood_score"' in config.read_text()) == (had_ood == "ood_score")
 
 
 def test_refuses_missing_truncated_and_mismatched_files(
@@ -165,6 +201,7 @@ def test_refuses_missing_truncated_and_mismatched_files(
     (WrongShape(), "output class_map is torch.uint8 [1, 128, 128]"),
     (OneOutput(), "forward must return 3 tensors"),
     (OutOfRange(), "defect_prob must be finite and within 0..1"),
+    (NegativeOod(), "ood_score must be finite and >= 0"),
     (BatchLeak(), "batch items interact"),
     (WrongInputName(), "forward takes (x), the contract needs exactly one input named 'images'"),
     (BatchRelativeScore(), "image_score of the grey probe image moves by 0.5000 between alone "

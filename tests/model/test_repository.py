@@ -37,14 +37,19 @@ SERVED = REPOS.served_version()
 CARD = card.read(REPOS.model_file(SERVED).parent)
 
 
+CONTRACT = [
+    ("images", model_config_pb2.TYPE_UINT8, [3, 256, 256]),
+    ("class_map", model_config_pb2.TYPE_UINT8, [256, 256]),
+    ("defect_prob", model_config_pb2.TYPE_FP16, [256, 256]),
+    ("image_score", model_config_pb2.TYPE_FP32, [1]),
+]
+OOD = ("ood_score", model_config_pb2.TYPE_FP32, [1])
+SERVED_HAS_OOD = "ood_score" in [output["name"] for output in CARD["outputs"]]
+
+
 def test_both_configs_expose_the_same_contract() -> None:
     assert GPU.name == CPU.name == "inspectq_seg"
-    assert io_signature(GPU) == io_signature(CPU) == [
-        ("images", model_config_pb2.TYPE_UINT8, [3, 256, 256]),
-        ("class_map", model_config_pb2.TYPE_UINT8, [256, 256]),
-        ("defect_prob", model_config_pb2.TYPE_FP16, [256, 256]),
-        ("image_score", model_config_pb2.TYPE_FP32, [1]),
-    ]
+    assert io_signature(GPU) == io_signature(CPU) == CONTRACT + ([OOD] if SERVED_HAS_OOD else [])
     assert GPU.max_batch_size == CPU.max_batch_size >= 16
     assert list(GPU.version_policy.specific.versions) == [SERVED]
     assert list(CPU.version_policy.specific.versions) == [SERVED]
@@ -85,6 +90,23 @@ def test_configs_are_what_the_renderer_writes(repos_copy: Repositories) -> None:
         written = (getattr(repos_copy, name) / "config.pbtxt").read_text()
         committed = (getattr(REPOS, name) / "config.pbtxt").read_text()
         assert written == committed
+
+
+def test_ood_score_is_listed_only_while_the_served_version_has_it(
+        repos_copy: Repositories) -> None:
+    with_ood = repos_copy.model_file(SERVED).parent
+    info = card.read(with_ood)
+    info["outputs"] = [*card.OUTPUT_CONTRACT, card.OOD_OUTPUT]
+    card.write(with_ood, info)
+    repository.sync(repos_copy, SERVED)
+    for name in ("gpu_model", "cpu_model"):
+        config = parse(getattr(repos_copy, name) / "config.pbtxt")
+        assert io_signature(config) == [*CONTRACT, OOD]
+    info["outputs"] = card.OUTPUT_CONTRACT
+    card.write(with_ood, info)
+    repository.sync(repos_copy, SERVED)
+    for name in ("gpu_model", "cpu_model"):
+        assert io_signature(parse(getattr(repos_copy, name) / "config.pbtxt")) == CONTRACT
 
 
 def test_file_sha256_matches_card_and_configs() -> None:
@@ -130,7 +152,12 @@ def test_exported_graph_follows_the_contract(batch: int) -> None:
         model = torch.jit.load(str(REPOS.model_file(SERVED)))
     images = torch.from_numpy(np.random.default_rng(0).integers(
         0, 256, (batch, 3, 256, 256), dtype=np.uint8))
-    class_map, defect_prob, score = model(images)
+    outputs = model(images)
+    assert len(outputs) == (4 if SERVED_HAS_OOD else 3)
+    class_map, defect_prob, score = outputs[:3]
+    if SERVED_HAS_OOD:
+        assert outputs[3].dtype == torch.float32 and outputs[3].shape == (batch, 1)
+        assert (outputs[3] > 1).all()  # random noise is out of the domain of metal surfaces
     assert class_map.dtype == torch.uint8 and class_map.shape == (batch, 256, 256)
     assert defect_prob.dtype == torch.float16 and defect_prob.shape == (batch, 256, 256)
     assert score.dtype == torch.float32 and score.shape == (batch, 1)

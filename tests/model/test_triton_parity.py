@@ -61,15 +61,21 @@ def infer(client: grpcclient.InferenceServerClient, images: np.ndarray) -> list[
     tensor = grpcclient.InferInput("images", list(images.shape), "UINT8")
     tensor.set_data_from_numpy(images)
     result = client.infer(MODEL_NAME, [tensor])
-    return [result.as_numpy(name) for name in ("class_map", "defect_prob", "image_score")]
+    names = [o.name for o in client.get_model_config(MODEL_NAME).config.output]
+    return [result.as_numpy(name) for name in names]
 
 
 def assert_same(remote: list[np.ndarray], local: list[np.ndarray]) -> None:
-    class_map, prob, score = remote
+    """The first three outputs, and ood_score when the served version has it."""
+    assert len(remote) == len(local)
+    class_map, prob, score = remote[:3]
     assert class_map.dtype == np.uint8 and prob.dtype == np.float16 and score.dtype == np.float32
     assert (class_map == local[0]).mean() >= 0.9999
     assert np.abs(prob.astype(np.float32) - local[1].astype(np.float32)).max() <= 2e-3
     assert np.abs(score - local[2]).max() <= 1e-4
+    if len(remote) == 4:
+        assert remote[3].dtype == np.float32 and remote[3].shape == (len(score), 1)
+        assert np.abs(remote[3] - local[3]).max() <= 1e-3 * max(1.0, float(local[3].max()))
 
 
 def images(count: int, seed: int) -> np.ndarray:
