@@ -32,7 +32,7 @@ def test_no_server_errors(fuzz_app: Flask, redis_client: object) -> None:
     schema = schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app)
     operations = [result.ok() for result in schema.get_all_operations()]
     operations = [op for op in operations if op.path != "/readyz"]
-    assert len(operations) == 19  # 17 /v1 operations, /healthz, /metrics
+    assert len(operations) == 23  # 21 /v1 operations, /healthz, /metrics
     for operation in operations:
 
         @given(case=operation.as_strategy())
@@ -51,7 +51,11 @@ def test_the_document_describes_the_api(fuzz_app: Flask) -> None:
     assert document["openapi"].startswith("3.")
     paths = document["paths"]
     assert {"/v1/jobs", "/v1/batches", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/mask",
-            "/v1/jobs/{job_id}/overlay"} <= set(paths)
+            "/v1/jobs/{job_id}/overlay", "/v1/jobs/{job_id}/heatmap", "/v1/jobs/{job_id}/image",
+            "/v1/lines/{line}/health", "/v1/model"} <= set(paths)
+    for which in ("image", "mask", "overlay", "heatmap"):
+        assert "image/png" in paths[f"/v1/jobs/{{job_id}}/{which}"]["get"]["responses"]["200"][
+            "content"]
     upload = paths["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert upload["schema"]
     assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
