@@ -34,10 +34,10 @@ down:
 status:
 	$(PY) -m devstack status
 
-## test: the whole suite (service env, then the model env)
+## test: the whole suite (service env, its folders in 3 processes side by side; then the model env)
 test: venv
 	$(PY) -m ruff check .
-	INSPECTQ_REQUIRE_POSTGRES=1 $(PY) -m pytest tests --ignore=tests/model
+	INSPECTQ_REQUIRE_POSTGRES=1 $(PY) -m pytest tests --ignore=tests/model -n 3
 	$(MODEL_PY) -m pytest tests/model --require-torch
 
 lint: venv

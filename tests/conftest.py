@@ -7,6 +7,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -24,6 +25,21 @@ from inspectq.index import ResultsIndex
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--require-torch", action="store_true",
                      help="fail, instead of skipping, when the model tests cannot import torch")
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist (service env only)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``pytest -n N`` (``make test``) every folder's tests run in one worker process,
+    one after another, because a folder's tests share its Redis database and its PostgreSQL
+    database; the folders run side by side."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FolderScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            parts = nodeid.split("::")[0].split("/")  # tests/<folder>/test_x.py
+            return parts[1] if len(parts) > 2 else "top"
+
+    return FolderScheduling(config, log)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
