@@ -5,11 +5,10 @@ The worker builds an :class:`InspectionResult`, the job record holds it
 field from these same classes. ``model_dump(by_alias=True)`` gives the public JSON: a region's
 class is ``"class"``, the thresholds are ``"pass"`` and ``"reject"``.
 
-The traffic light lives here too (:class:`Decision`, :func:`decide`, :func:`apply_quality_rule`):
-a decision is a pure function of the stored score, the job's thresholds and the stored image
-quality, ``apply_quality_rule(decide(score, thresholds), quality)``, so anything holding a
-result (the worker, the API, an index, a dashboard slider) can re-decide without running the
-model.
+The traffic light lives here too (:class:`Decision`, :func:`final_decision`): a decision is a
+pure function of the stored score, the job's thresholds, the stored image quality and the
+stored out-of-domain score, so anything holding a result (the worker, the API, an index, a
+dashboard slider, ``inspectq model evaluate``) can re-decide without running the model.
 
 Sizes, boxes and the mask are in the upright image: the workers apply the file's EXIF
 orientation before inference.
@@ -84,6 +83,28 @@ def apply_quality_rule(decision: Decision, quality: ImageQuality) -> Decision:
     return decision
 
 
+#: A model's ``ood_score`` is normalised so that 1.0 is its own threshold (see
+#: docs/model-contract.md): above it the image is unlike the images the model learned from.
+OOD_LIMIT = 1.0
+
+
+def is_out_of_domain(ood_score: float | None) -> bool:
+    """True when the model says the image is unlike its training images; a model without an
+    ``ood_score`` output (``None``) never flags one."""
+    return ood_score is not None and ood_score > OOD_LIMIT
+
+
+def final_decision(score: float, thresholds: Thresholds, quality: ImageQuality,
+                   ood_score: float | None = None) -> Decision:
+    """The decision a job gets: the score against the thresholds, then the quality rule;
+    an out-of-domain image goes to a person (REVIEW) whatever its score, because the model's
+    score means little on images unlike those it learned from: it neither PASSes nor REJECTs
+    such an image on its own."""
+    if is_out_of_domain(ood_score):
+        return Decision.REVIEW
+    return apply_quality_rule(decide(score, thresholds), quality)
+
+
 class Region(BaseModel):
     """One connected defect region, in upright image pixels."""
 
@@ -149,7 +170,30 @@ class InspectionResult(BaseModel):
         description="Image-quality checks of the decoded frame; any issue turns a PASS into"
         " REVIEW. Empty in results recorded before the checks existed.",
     )
+    ood_score: float | None = Field(
+        default=None, ge=0,
+        description="The model's out-of-domain score, the max over its tiles: above 1.0 the"
+        " image is unlike the images the model learned from, and the decision is REVIEW"
+        " whatever the score. null when the model has no ood_score output.",
+    )
+    review_reasons: list[str] = Field(
+        default_factory=list,
+        description="Why the decision is REVIEW although the score alone would not make it:"
+        " out_of_domain, and each image-quality issue that kept a PASS from passing. Empty"
+        " otherwise.",
+    )
     timings: Timings
     cache_hit: bool = Field(
         description="True when an earlier job's answer for the same bytes and model was reused."
     )
+
+
+def review_reasons(score: float, thresholds: Thresholds, quality: ImageQuality,
+                   ood_score: float | None) -> list[str]:
+    """The ``review_reasons`` of a result (see :class:`InspectionResult`)."""
+    if final_decision(score, thresholds, quality, ood_score) is not Decision.REVIEW:
+        return []
+    reasons = ["out_of_domain"] if is_out_of_domain(ood_score) else []
+    if decide(score, thresholds) is Decision.PASS:
+        reasons += [issue.value for issue in quality.issues]
+    return reasons

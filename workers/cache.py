@@ -43,6 +43,9 @@ class ModelAnswer(BaseModel):
     # The image-quality checks of the decoded frame, so a cache hit reports them too. The
     # default only lets answers cached before the checks parse (their params lack "format").
     quality: ImageQuality = Field(default_factory=ImageQuality)
+    # The max tile ood_score; None for a model without that output (and answers cached
+    # before it existed, which were made by such models).
+    ood_score: float | None = None
     mask_key: str  # the S3 key of the mask this answer was made with
     params: dict[str, int]  # tiling settings (and FORMAT) the answer was computed with
 

@@ -2,7 +2,8 @@
 
 The contract (docs/model-contract.md): input ``images`` UINT8 ``[N, 3, 256, 256]``; outputs
 ``class_map`` UINT8, ``defect_prob`` FP16 (both ``[N, 256, 256]``) and ``image_score`` FP32
-``[N, 1]``; class names and each version's sha256 in the model config ``parameters``.
+``[N, 1]``, and optionally ``ood_score`` FP32 ``[N, 1]`` (out of domain above 1.0); class names
+and each version's sha256 in the model config ``parameters``.
 
 The gRPC client is created on first use, in the process that uses it: gRPC channels do not
 survive ``fork``, and Celery's prefork pool forks its children after the app is built. After
@@ -52,6 +53,7 @@ class TileOutputs:
     defect_prob: np.ndarray  # (N, T, T) float32
     image_score: np.ndarray  # (N,) float32
     info: ModelInfo
+    ood_score: np.ndarray | None = None  # (N,) float32; None when the model has no such output
 
 
 class TritonModel:
@@ -132,20 +134,20 @@ class TritonModel:
         return info
 
     def infer(self, tiles: np.ndarray) -> TileOutputs:
-        """Run ``tiles`` (``(N, 3, T, T)`` uint8) in requests of at most ``batch_tiles``."""
-        class_maps, probs, scores = [], [], []
+        """Run ``tiles`` (``(N, 3, T, T)`` uint8) in requests of at most ``batch_tiles``.
+
+        No output is named in the request, so Triton sends every output the serving version
+        has: the optional ``ood_score`` comes when the model has it, with no config lookup
+        and no error from a model without it."""
+        class_maps, probs, scores, oods = [], [], [], []
         version = ""
         for start in range(0, len(tiles), self.batch_tiles):
             chunk = np.ascontiguousarray(tiles[start:start + self.batch_tiles], dtype=np.uint8)
             images = grpcclient.InferInput("images", list(chunk.shape), "UINT8")
             images.set_data_from_numpy(chunk)
-            outputs = [
-                grpcclient.InferRequestedOutput(name)
-                for name in ("class_map", "defect_prob", "image_score")
-            ]
             try:
                 result = self._connected().infer(
-                    self.model_name, [images], outputs=outputs, client_timeout=self.timeout_s
+                    self.model_name, [images], client_timeout=self.timeout_s
                 )
             except InferenceServerException as error:
                 raise self._translate(error) from error
@@ -153,16 +155,18 @@ class TritonModel:
             class_map = result.as_numpy("class_map")
             prob = result.as_numpy("defect_prob")
             score = result.as_numpy("image_score")
+            ood = result.as_numpy("ood_score")
             expected = (len(chunk), chunk.shape[2], chunk.shape[3])
             if (
                 class_map is None or prob is None or score is None
                 or class_map.shape != expected or prob.shape != expected
-                or score.size != len(chunk)
+                or score.size != len(chunk) or (ood is not None and ood.size != len(chunk))
             ):
                 raise ModelContractError("model outputs do not match the contract's shapes")
             class_maps.append(class_map.astype(np.uint8, copy=False))
             probs.append(prob.astype(np.float32))
             scores.append(score.reshape(-1).astype(np.float32))
+            oods.append(None if ood is None else ood.reshape(-1).astype(np.float32))
         if not version:
             raise ModelContractError("Triton's response names no model version")
         return TileOutputs(
@@ -170,4 +174,7 @@ class TritonModel:
             defect_prob=np.concatenate(probs),
             image_score=np.concatenate(scores),
             info=self.info(version),
+            # all or nothing: a version switch between two requests of one image must not
+            # leave some of its tiles unchecked
+            ood_score=None if any(o is None for o in oods) else np.concatenate(oods),
         )

@@ -47,7 +47,7 @@ from inspectq.imaging import UndecodableImage, decode_image, image_score, make_m
 from inspectq.jobs import JobError, JobRecord, RetryState, Status, is_job_id
 from inspectq.quality import check_quality
 from inspectq.queue import TimeLimits, max_hard_limit_s
-from inspectq.result import InspectionResult, Timings, apply_quality_rule, decide
+from inspectq.result import InspectionResult, Timings, final_decision, review_reasons
 from inspectq.storage import StorageUnavailable
 from workers import cache, deadletter
 from workers.fetch import ImageMissing, fetch_image
@@ -230,6 +230,8 @@ def _run_stages(services: Services, record: JobRecord, started: float
             regions=find_regions(class_map, prob, info.classes, settings.min_region_px),
             width=layout.width, height=layout.height, quality=quality, mask_key=mask_key,
             params=params,
+            ood_score=None if outputs.ood_score is None
+            else round(image_score(outputs.ood_score), 4),
         )
         timings.postprocess_ms = _ms(clock)
 
@@ -237,12 +239,15 @@ def _run_stages(services: Services, record: JobRecord, started: float
         write_run_images(store, mask_key, mask_png(class_map), heatmap_png(prob))
         cache.remember_answer(services.redis, record, info.sha256, answer,
                               settings.result_ttl_s)
-    decision = apply_quality_rule(decide(answer.score, record.thresholds), answer.quality)
+    decision = final_decision(answer.score, record.thresholds, answer.quality, answer.ood_score)
     # Mask and cache writes; the result's own write (finish) comes after and cannot time itself.
     timings.record_ms = _ms(record_started)
     timings.total_ms = round((time.time() - started) * 1000, 2)
     return InspectionResult(
         decision=decision, score=answer.score, defects=answer.regions, width=answer.width,
         height=answer.height, model=info, thresholds=record.thresholds,
-        quality=answer.quality, timings=timings, cache_hit=cache_hit,
+        quality=answer.quality, ood_score=answer.ood_score,
+        review_reasons=review_reasons(answer.score, record.thresholds, answer.quality,
+                                      answer.ood_score),
+        timings=timings, cache_hit=cache_hit,
     ), mask_key

@@ -40,6 +40,8 @@ RESULT = {
     "timings": {"ingest_ms": 4.0, "queue_wait_ms": 3.0, "s3_get_ms": 2.0, "preprocess_ms": 1.5,
                 "triton_ms": 20.0, "postprocess_ms": 1.0, "record_ms": 2.5, "total_ms": 30.0},
     "quality": {"issues": [], "detail": ""},
+    "ood_score": 0.31,
+    "review_reasons": [],
     "cache_hit": False,
 }
 

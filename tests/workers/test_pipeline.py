@@ -62,6 +62,8 @@ def test_steel_strip_is_inspected_end_to_end(services: Services) -> None:
                                       "triton_ms", "postprocess_ms", "record_ms", "total_ms",
                                       "ingest_ms"}
     assert result["timings"]["triton_ms"] > 0 and result["cache_hit"] is False
+    # The model's optional out-of-domain score, max over tiles: a steel strip is in domain.
+    assert result["ood_score"] == pytest.approx(0.25) and result["review_reasons"] == []
     mask = cv2.imdecode(np.frombuffer(services.store.get(final.mask), np.uint8),
                         cv2.IMREAD_UNCHANGED)
     assert mask.shape == (256, 1600) and (mask[10:30, 1500:1540] == 1).all()
@@ -98,9 +100,35 @@ def test_a_blank_frame_is_reviewed_and_a_cache_hit_reports_the_same_quality(
     assert first.result.score < 0.40 and first.result.decision == "REVIEW"
     assert first.result.quality.issues == ["blank", "saturated"]
     assert first.result.quality.detail.startswith("blank: ")
+    assert first.result.review_reasons == ["blank", "saturated"]
     second = inspect_job(services, submit(services, data))
     assert second.result.cache_hit is True and second.result.decision == "REVIEW"
     assert second.result.quality == first.result.quality
+
+
+def test_an_out_of_domain_image_goes_to_a_person_whatever_its_score(
+    services: Services,
+) -> None:
+    """The fixture model calls a mostly pure-green tile out of domain (ood_score 2.0): the
+    image is REVIEWed with the reason, neither REJECTed for its scratch nor PASSed when it
+    has none; a cache hit keeps the reason."""
+    green = np.zeros((256, 1600, 3), np.uint8)
+    green[..., 1] = 230
+    scratched = green.copy()
+    scratched[10:30, 1500:1540] = (255, 0, 0)
+    for image, score in ((scratched, 0.95), (green, 0.05)):
+        done = inspect_job(services, submit(services, png(image))).result
+        assert done.score == pytest.approx(score)
+        assert done.decision == "REVIEW" and done.ood_score == pytest.approx(2.0)
+        # (the flat green frame also fails the quality checks, reasons that follow)
+        assert done.review_reasons[0] == "out_of_domain"
+    again = inspect_job(services, submit(services, png(scratched))).result
+    assert again.cache_hit is True and again.decision == "REVIEW"
+    assert again.review_reasons == ["out_of_domain"]
+    # One green tile among in-domain ones is enough: the image's ood score is their max.
+    mixed = strip_with_scratch()
+    mixed[:, :256] = green[:, :256]
+    assert inspect_job(services, submit(services, png(mixed))).result.decision == "REVIEW"
 
 
 def test_a_sideways_camera_jpeg_is_inspected_upright(services: Services) -> None:

@@ -15,8 +15,8 @@ from inspectq.result import (
     QualityIssue,
     Region,
     Thresholds,
-    apply_quality_rule,
-    decide,
+    final_decision,
+    review_reasons,
 )
 from tests.workers.conftest import slow_image, strip_with_scratch
 from triton_models.synth import DEFECT_CLASSES, render
@@ -130,7 +130,28 @@ def test_a_frame_with_quality_issues_never_passes(
     score: float, issues: list[QualityIssue], expected: Decision
 ) -> None:
     quality = ImageQuality(issues=issues, detail="...")
-    assert apply_quality_rule(decide(score, THRESHOLDS), quality) is expected
+    assert final_decision(score, THRESHOLDS, quality) is expected
+    reasons = review_reasons(score, THRESHOLDS, quality, None)
+    assert reasons == ([i.value for i in issues] if expected is Decision.REVIEW
+                       and score < THRESHOLDS.pass_threshold else [])
+
+
+@pytest.mark.parametrize(("score", "issues", "ood", "expected", "reasons"), [
+    (0.99, [], 1.5, Decision.REVIEW, ["out_of_domain"]),  # never REJECTed on its own
+    (0.05, [], 1.5, Decision.REVIEW, ["out_of_domain"]),  # never PASSed either
+    (0.05, [BLANK], 3.0, Decision.REVIEW, ["out_of_domain", "blank"]),
+    (0.50, [], 9.0, Decision.REVIEW, ["out_of_domain"]),
+    (0.99, [], 1.0, Decision.REJECT, []),  # 1.0 is the model's own threshold: in domain
+    (0.05, [], 0.2, Decision.PASS, []),
+    (0.05, [], None, Decision.PASS, []),  # a model without the output never flags
+])
+def test_an_out_of_domain_image_is_reviewed_whatever_its_score(
+    score: float, issues: list[QualityIssue], ood: float | None, expected: Decision,
+    reasons: list[str],
+) -> None:
+    quality = ImageQuality(issues=issues)
+    assert final_decision(score, THRESHOLDS, quality, ood) is expected
+    assert review_reasons(score, THRESHOLDS, quality, ood) == reasons
 
 
 def test_a_cached_answer_carries_the_quality() -> None:

@@ -42,7 +42,8 @@ input [ {{ name: "images" data_type: TYPE_UINT8 dims: [ 3, 256, 256 ] }} ]
 output [
   {{ name: "class_map" data_type: TYPE_UINT8 dims: [ 256, 256 ] }},
   {{ name: "defect_prob" data_type: TYPE_FP16 dims: [ 256, 256 ] }},
-  {{ name: "image_score" data_type: TYPE_FP32 dims: [ 1 ] }}
+  {{ name: "image_score" data_type: TYPE_FP32 dims: [ 1 ] }},
+  {{ name: "ood_score" data_type: TYPE_FP32 dims: [ 1 ] }}
 ]
 dynamic_batching {{ max_queue_delay_microseconds: 1000 }}
 instance_group [ {{ kind: KIND_CPU count: 2 }} ]
