@@ -866,9 +866,12 @@ function servedPanel(model, served) {
 
 // --- try it ---------------------------------------------------------------------------
 
-/** inspectq.result.decide then apply_quality_rule: PASS below pass, REJECT above reject,
- * REVIEW from pass to reject inclusive; a frame with quality issues never PASSes. */
-export function decide(score, passThreshold, rejectThreshold, qualityIssues = []) {
+/** inspectq.result.final_decision: PASS below pass, REJECT above reject, REVIEW from pass to
+ * reject inclusive; a frame with quality issues never PASSes; an out-of-domain image (ood
+ * score above 1.0) is REVIEW whatever its score. */
+export function decide(score, passThreshold, rejectThreshold, qualityIssues = [],
+                       oodScore = null) {
+  if (oodScore !== null && oodScore !== undefined && oodScore > 1.0) return "REVIEW";
   let decision = "REVIEW";
   if (score < passThreshold) decision = "PASS";
   else if (score > rejectThreshold) decision = "REJECT";
@@ -940,7 +943,7 @@ function tryView(view, root) {
       }
       passText.textContent = pass.toFixed(2);
       rejectText.textContent = reject.toFixed(2);
-      const decision = decide(result.score, pass, reject, issues);
+      const decision = decide(result.score, pass, reject, issues, result.ood_score);
       decisionOut.replaceChildren(badge(decision, true));
       decisionOut.dataset.decision = decision;
     };
@@ -956,7 +959,9 @@ function tryView(view, root) {
         el("div", {}, "Decision with these thresholds: ", decisionOut),
         el("div", { class: "muted", text: `The model said ${result.decision} at pass ${
           num(result.thresholds.pass, 2)} / reject ${num(result.thresholds.reject, 2)}; score ${
-          num(result.score)}${issues.length ? `; quality issues: ${issues.join(", ")}` : ""}.` }),
+          num(result.score)}${issues.length ? `; quality issues: ${issues.join(", ")}` : ""}${
+          (result.review_reasons || []).includes("out_of_domain")
+            ? "; out of domain: a person decides whatever the thresholds" : ""}.` }),
         el("div", { class: "slider" }, el("label", { for: "pass-threshold",
           text: "PASS below" }), passIn, passText),
         el("div", { class: "slider" }, el("label", { for: "reject-threshold",

@@ -22,6 +22,7 @@ from inspectq import keyspace
 from inspectq.alerting import AlertEvent, LineAlerting, effective
 from inspectq.index.alerts import AlertIndex
 from inspectq.linehealth import LineHealthMonitor, StreamKey, Transition
+from inspectq.result import ImageQuality, Thresholds, final_decision
 from tests.dashboard.conftest import AUTH, Page, Stack, part_image
 
 
@@ -349,13 +350,16 @@ def test_try_it_uploads_waits_for_the_overlay_and_re_decides_with_the_sliders(
     expect(decision).to_have_attribute("data-decision", "REVIEW")
     tab.shot("try-it")
 
-    # The rule itself, as inspectq.result.decide and apply_quality_rule have it.
-    cases = [(0.39, [], "PASS"), (0.4, [], "REVIEW"), (0.65, [], "REVIEW"),
-             (0.66, [], "REJECT"), (0.1, ["blank"], "REVIEW"), (0.9, ["blank"], "REJECT")]
+    # The rule itself is inspectq.result.final_decision's, on every kind of case.
+    cases = [(score, issues, ood) for score in (0.0, 0.39, 0.4, 0.5, 0.65, 0.66, 1.0)
+             for issues in ([], ["blank"], ["low_contrast", "saturated"])
+             for ood in (None, 0.3, 1.0, 1.01, 7.5)]
     got = tab.page.evaluate(
         """async cases => { const { decide } = await import('./app.js');
-           return cases.map(([s, q]) => decide(s, 0.4, 0.65, q)); }""", cases)
-    assert got == [expected for _, _, expected in cases]
+           return cases.map(([s, q, o]) => decide(s, 0.4, 0.65, q, o)); }""", cases)
+    thresholds = Thresholds(pass_threshold=0.4, reject_threshold=0.65)
+    assert got == [final_decision(score, thresholds, ImageQuality(issues=issues), ood).value
+                   for score, issues, ood in cases]
     assert tab.errors == []
 
 
