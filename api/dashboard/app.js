@@ -720,6 +720,11 @@ function renderJob(view, job, reload) {
       ["Model", result ? `${result.model.name} v${result.model.version}` : "–"],
       ["Image", result ? `${result.width} × ${result.height} px` : "–"],
       ["Quality", result ? (result.quality.issues.join(", ") || "no issues") : "–"],
+      ["Out of domain", !result || result.ood_score === null || result.ood_score === undefined
+        ? "not measured by this model"
+        : `${result.ood_score > 1 ? "yes" : "no"} (score ${num(result.ood_score, 2)}; above 1.00 a person decides)`],
+      ["Review reasons", result && result.review_reasons && result.review_reasons.length
+        ? result.review_reasons.join(", ") : "–"],
       ["Cache hit", result ? String(result.cache_hit) : "–"],
       ["Metadata", job.metadata ? JSON.stringify(job.metadata) : "–"],
       ["Error", job.error ? `${job.error.code}: ${job.error.message}` : "–"],

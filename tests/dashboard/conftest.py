@@ -99,6 +99,7 @@ def result_for(decision: str, score: float, issues: tuple[str, ...] = ()) -> Ins
                     "preprocess_ms": 1.5, "triton_ms": 20.0, "postprocess_ms": 1.0,
                     "record_ms": 2.5, "total_ms": 34.0},
         "quality": {"issues": list(issues), "detail": ""},
+        "ood_score": 0.42,
         "cache_hit": False,
     })
 

@@ -150,6 +150,7 @@ def test_lines_overview_counts_and_updates_live_then_line_job_views(
     expect(tab.page.locator("#job-thresholds")).to_contain_text("0.40")
     expect(tab.page.locator("#job-thresholds")).to_contain_text("0.65")
     expect(tab.page.locator("#job")).to_contain_text("inspectq_seg v3")
+    expect(tab.page.locator("#job")).to_contain_text("no (score 0.42; above 1.00")
     for canvas in ("#heatmap-canvas", "#mask-canvas"):
         expect(tab.page.locator(canvas)).to_have_attribute("data-loaded", "true")
     # The heatmap in colour: hot on the gouge (probability 250/255), dark off it (8/255).
