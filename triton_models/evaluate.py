@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from inspectq.config import Settings
-from inspectq.imaging import decode_image, image_score, make_model_input
+from inspectq.imaging import UndecodableImage, decode_image, image_score, make_model_input
 from inspectq.quality import check_quality
 from inspectq.result import (
     Decision,
@@ -112,7 +112,10 @@ class ServiceImage:
 
 
 def service_image(path: Path, tile: int = TILE_SIZE, stride: int = TILE_STRIDE) -> ServiceImage:
-    image = decode_image(Path(path).read_bytes())
+    try:
+        image = decode_image(Path(path).read_bytes())
+    except UndecodableImage as error:  # the service fails such a job: name the file
+        raise ValueError(f"{path}: {error}") from error
     issues = [str(issue) for issue in check_quality(image).issues]
     return ServiceImage(make_model_input(image, tile, stride).tiles, issues)
 

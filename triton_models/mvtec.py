@@ -6,7 +6,10 @@
     ROOT/ground_truth/<class>/<stem>_mask.png   optional: without it, image labels only
 
 Every image is resized to `size` x `size` (masks with nearest-neighbour), the tile size of
-the model contract. Any common image suffix is accepted (.png, .jpg, .bmp, .tif).
+the model contract; or, with `size=None`, kept as the service sees it: an image of at most
+256 x 256 is resized to 256 x 256 (the service's one tile), a larger one keeps its native
+scale (the service cuts it into native-scale tiles), and all must then share one shape.
+Any common image suffix is accepted (.png, .jpg, .bmp, .tif).
 """
 
 from __future__ import annotations
@@ -51,31 +54,37 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
 
 
-def _read_rgb(path: Path, size: int) -> np.ndarray:
+TILE = 256  # the contract's tile size
+
+
+def _read_rgb(path: Path, size: int | None) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"{path}: not a readable image")
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    if rgb.shape[:2] != (size, size):
+    if size is None and max(rgb.shape[:2]) <= TILE:
+        rgb = cv2.resize(rgb, (TILE, TILE), interpolation=cv2.INTER_LINEAR)  # as the service
+    elif size is not None and rgb.shape[:2] != (size, size):
         rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
     return rgb.transpose(2, 0, 1)
 
 
-def _read_mask(root: Path, cls: str, image: Path, size: int) -> np.ndarray:
+def _read_mask(root: Path, cls: str, image: Path, height: int, width: int) -> np.ndarray:
     path = root / "ground_truth" / cls / f"{image.stem}_mask.png"
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise FileNotFoundError(f"{path}: mask missing for {image}")
-    if mask.shape != (size, size):
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    if mask.shape != (height, width):
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
     return mask > 127
 
 
-def load(root: Path, classes: list[str] | None = None, size: int = 256,
+def load(root: Path, classes: list[str] | None = None, size: int | None = 256,
          use_masks: bool = True) -> Dataset:
     """Load every image under `root`. `classes` fixes the class order (index 1.. = defect
     classes); by default the sorted folder names of test/. Masks are used when
-    ground_truth/ exists and `use_masks` is true."""
+    ground_truth/ exists and `use_masks` is true. `size=None`: as the service sees the
+    images (see the module docstring)."""
     root = Path(root)
     found = defect_folders(root)
     classes = list(classes) if classes else found
@@ -90,12 +99,18 @@ def load(root: Path, classes: list[str] | None = None, size: int = 256,
         entries += [(p, k, cls) for p in _images_in(root / "test" / cls)]
     if not entries:
         raise FileNotFoundError(f"{root}: no images found")
-    images = np.empty((len(entries), 3, size, size), np.uint8)
+    first = _read_rgb(entries[0][0], size)
+    height, width = first.shape[1:]
+    images = np.empty((len(entries), 3, height, width), np.uint8)
     labels = np.array([k for _, k, _ in entries], np.int64)
-    masks = np.zeros((len(entries), size, size), np.uint8) if with_masks else None
+    masks = np.zeros((len(entries), height, width), np.uint8) if with_masks else None
     for i, (path, k, cls) in enumerate(tqdm(entries, desc=f"load {root.name}", unit="img")):
-        images[i] = _read_rgb(path, size)
+        image = first if i == 0 else _read_rgb(path, size)
+        if image.shape != first.shape:
+            raise ValueError(f"{path}: {image.shape[2]}x{image.shape[1]}, but "
+                             f"{entries[0][0]} is {width}x{height}; pass a --size to resize all")
+        images[i] = image
         if masks is not None and cls is not None:
-            masks[i][_read_mask(root, cls, path, size)] = k
+            masks[i][_read_mask(root, cls, path, height, width)] = k
     return Dataset(images, labels, masks, ["background", *classes],
                    [str(p.relative_to(root)) for p, _, _ in entries])

@@ -91,22 +91,30 @@ def make_batch(data: mvtec.Dataset, index: np.ndarray, crop: int,
     Augmentation: random crop, flips, 90-degree turns (surfaces have no preferred
     orientation), and a brightness/contrast change. With masks, the label is whether the
     crop still holds defect pixels; without masks the crop is the whole image (a crop could
-    cut the defect out and make the label wrong)."""
-    size = data.images.shape[-1]
+    cut the defect out and make the label wrong). Images need not be square (native scale):
+    then only half turns keep the batch's shape."""
+    height, width = data.images.shape[-2:]
+    if crop >= min(height, width):
+        crop_h, crop_w = height, width
+    else:
+        crop_h = crop_w = crop
     images, masks, labels = [], [], []
     for i in index:
-        y0, x0 = (rng.integers(0, size - crop + 1, size=2) if crop < size else (0, 0))
-        if data.masks is not None and data.labels[i] > 0 and crop < size and rng.random() < 0.5:
+        y0, x0 = (0, 0) if crop_h == height else (
+            int(v) for v in rng.integers(0, [height - crop + 1, width - crop + 1]))
+        if data.masks is not None and data.labels[i] > 0 and crop_h < height \
+                and rng.random() < 0.5:
             # Defects cover ~1% of the pixels: half the crops of defective images are placed
             # over a random defect pixel so thin and small defects are seen often enough.
             ys, xs = np.nonzero(data.masks[i])
             if len(ys):
                 pick = rng.integers(len(ys))
-                y0 = int(np.clip(ys[pick] - rng.integers(crop), 0, size - crop))
-                x0 = int(np.clip(xs[pick] - rng.integers(crop), 0, size - crop))
-        image = data.images[i, :, y0 : y0 + crop, x0 : x0 + crop]
-        mask = None if data.masks is None else data.masks[i, y0 : y0 + crop, x0 : x0 + crop]
-        turns = int(rng.integers(4))
+                y0 = int(np.clip(ys[pick] - rng.integers(crop), 0, height - crop))
+                x0 = int(np.clip(xs[pick] - rng.integers(crop), 0, width - crop))
+        window = (slice(y0, y0 + crop_h), slice(x0, x0 + crop_w))
+        image = data.images[i, :, window[0], window[1]]
+        mask = None if data.masks is None else data.masks[i, window[0], window[1]]
+        turns = int(rng.integers(4)) if crop_h == crop_w else 2 * int(rng.integers(2))
         flip = bool(rng.integers(2))
         image = np.rot90(image, turns, axes=(1, 2))
         image = image[:, :, ::-1] if flip else image
@@ -165,7 +173,7 @@ def train(data: mvtec.Dataset, arch: str, steps: int, batch: int, crop: int, lr:
     # OneCycleLR's phase boundary: the peak at step WARMUP * steps - 1 of steps - 1.
     warmup = (WARMUP * steps - 1) / max(steps - 1, 1) if steps > 10 else WARMUP
     if data.masks is None:
-        crop = data.images.shape[-1]
+        crop = max(data.images.shape[-2:])  # the whole image
     model.train()
     start = time.monotonic()
     done = 0
@@ -240,7 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--label-only", action="store_true",
                         help="ignore ground_truth/ even if present (image labels only)")
-    parser.add_argument("--size", type=int, default=256, help="image size (contract: 256)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="resize every image to this (default: as the service sees them: "
+                             "up to 256 px resized to 256, larger kept at native scale)")
     args = parser.parse_args(argv)
 
     wall_start = time.monotonic()
@@ -286,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         "classes": data.classes,
         "architecture": args.arch,
         "params": sum(p.numel() for p in model.parameters()),
-        "gflops_per_image": gflops_per_image(model, args.size),
+        "gflops_per_image": gflops_per_image(model, mvtec.TILE),
         "input": card.INPUT_CONTRACT,
         "outputs": [*card.OUTPUT_CONTRACT, card.OOD_OUTPUT],
         "training": {

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from torch import Tensor
 
 from inspectq_cli.main import cli
-from triton_models import byom, calibrate, card, evaluate, synth, train
+from triton_models import byom, calibrate, card, evaluate, mvtec, synth, train
 from triton_models.repository import Repositories
 
 SHIPPED_V1 = Repositories().model_file(1)
@@ -56,6 +56,26 @@ def test_large_images_are_scored_on_native_scale_tiles_as_the_service_does(
     assert by_name["plain.png"].score == pytest.approx(120 / 255)
     resized = cv2.resize(dotted, (256, 256), interpolation=cv2.INTER_AREA)
     assert resized.max() < 200  # what the trainer's old resize-everything path would see
+
+
+def test_the_trainer_loads_images_at_the_scale_the_service_tiles_them(tmp_path: Path) -> None:
+    for name, side in (("a", 300), ("b", 300)):
+        _write(tmp_path / "big" / "train" / "good" / f"{name}.png", _surface(side, side))
+    _write(tmp_path / "big" / "test" / "dent" / "c.png", _surface(300, 300))
+    data = mvtec.load(tmp_path / "big", size=None)
+    assert data.images.shape == (3, 3, 300, 300)  # native: the service tiles, not resizes
+    _write(tmp_path / "small" / "train" / "good" / "a.png", _surface(100, 120))
+    _write(tmp_path / "small" / "test" / "dent" / "b.png", _surface(100, 120))
+    assert mvtec.load(tmp_path / "small", size=None).images.shape == (2, 3, 256, 256)
+    _write(tmp_path / "big" / "test" / "dent" / "d.png", _surface(300, 400))
+    with pytest.raises(ValueError, match="pass a --size"):
+        mvtec.load(tmp_path / "big", size=None)
+    for name in ("a", "b", "c"):  # all 300 x 400: native, not square; label-only batches
+        _write(tmp_path / "wide" / "test" / "dent" / f"{name}.png", _surface(300, 400))
+    wide = mvtec.load(tmp_path / "wide", size=None, use_masks=False)
+    batch, _, _ = train.make_batch(wide, np.arange(3).repeat(4), 400,
+                                   np.random.default_rng(0))
+    assert batch.shape == (12, 3, 300, 400)  # whole images, only half turns
 
 
 def test_evaluate_reads_a_file_list_and_counts_decisions_with_the_quality_rule(
