@@ -8,8 +8,9 @@ decoded as the workers decode it (upright, 16-bit by its real bit depth, RGB); a
 most 256 x 256 is resized to one 256 px tile, a larger one is cut at its native scale into
 256 px tiles ``tile_stride`` apart (128 by default, as the service); the image score is the
 max over its tiles, the out-of-domain score (when the model has one) too. The decision is
-the service's: ``inspectq.result.decide`` at the thresholds, then a frame with image-quality
-issues never PASSes (``inspectq/quality.py``).
+the service's (``inspectq.result.final_decision``): the score against the thresholds, a
+frame with image-quality issues never PASSes (``inspectq/quality.py``), and an image out of
+domain (ood_score > 1) goes to REVIEW whatever its score.
 
 DATA is a folder in the MVTec AD layout (``train/good``, ``test/good``, ``test/<class>``:
 every image is scored, as the trainer's held-out metrics do), a folder with a ``good``
@@ -43,8 +44,8 @@ from inspectq.result import (
     ImageQuality,
     QualityIssue,
     Thresholds,
-    apply_quality_rule,
-    decide,
+    final_decision,
+    is_out_of_domain,
 )
 from triton_models.metrics import auroc
 
@@ -163,9 +164,9 @@ def score_images(model: Callable[[torch.Tensor], Any], items: list[Sample],
 
 
 def decision(result: ImageResult, thresholds: Thresholds) -> Decision:
-    """The service's decision for the image (score, then the quality rule)."""
+    """The service's decision for the image (``inspectq.result.final_decision``)."""
     quality = ImageQuality(issues=[QualityIssue(i) for i in result.quality_issues])
-    return apply_quality_rule(decide(result.score, thresholds), quality)
+    return final_decision(result.score, thresholds, quality, result.ood_score)
 
 
 def summarize(results: list[ImageResult], pass_below: float = PASS_BELOW,
@@ -193,7 +194,7 @@ def summarize(results: list[ImageResult], pass_below: float = PASS_BELOW,
     }
     ood = [r.ood_score for r in results if r.ood_score is not None]
     if ood:
-        flagged = np.array([r.ood_score is not None and r.ood_score > 1.0 for r in results])
+        flagged = np.array([is_out_of_domain(r.ood_score) for r in results])
         summary["out_of_domain_share"] = share(flagged, np.ones_like(defective))
         summary["ood_score_p50_p99_max"] = [round(float(q), 3)
                                            for q in np.quantile(ood, [0.5, 0.99, 1.0])]

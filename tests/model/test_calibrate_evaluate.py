@@ -102,6 +102,15 @@ def test_evaluate_reads_a_file_list_and_counts_decisions_with_the_quality_rule(
     assert '"false_alarm_good_not_pass": 1.0' in result.output
 
 
+def test_an_out_of_domain_image_goes_to_review_whatever_its_score() -> None:
+    results = [evaluate.ImageResult(evaluate.Sample(Path("a.png"), "scratch"), 0.9, 3.0, []),
+               evaluate.ImageResult(evaluate.Sample(Path("b.png"), "good"), 0.1, 0.5, [])]
+    figures = evaluate.summarize(results)
+    assert figures["recall_defective_at_reject"] == 0.0 and figures["share_to_review"] == 0.5
+    assert figures["out_of_domain_share"] == 0.5
+    assert figures["ood_score_p50_p99_max"][-1] == 3.0
+
+
 def test_file_list_lines_need_a_label(tmp_path: Path) -> None:
     listing = tmp_path / "list.txt"
     listing.write_text("a.png\n")
