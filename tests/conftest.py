@@ -27,6 +27,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="fail, instead of skipping, when the model tests cannot import torch")
 
 
+#: Test files that share nothing with the rest of their folder, so they may run in a process
+#: of their own: the chaos run makes its own stack (Redis DB 13, its own S3 bucket and index).
+OWN_PROCESS = {"tests/e2e/test_chaos.py"}
+#: The groups that take longest (minutes each), started before the others.
+LONGEST_FIRST = ("tests/e2e/test_chaos.py", "e2e", "workers", "api")
+
+
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist (service env only)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under ``pytest -n N`` (``make test``) every folder's tests run in one worker process,
@@ -36,8 +43,18 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class FolderScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            parts = nodeid.split("::")[0].split("/")  # tests/<folder>/test_x.py
+            path = nodeid.split("::")[0]
+            if path in OWN_PROCESS:
+                return path
+            parts = path.split("/")  # tests/<folder>/test_x.py
             return parts[1] if len(parts) > 2 else "top"
+
+        def _assign_work_unit(self, node: Any) -> None:
+            # the longest groups start first, so none of them is left to run alone at the end
+            for scope in reversed(LONGEST_FIRST):
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
 
     return FolderScheduling(config, log)
 
