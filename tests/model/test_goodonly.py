@@ -1,0 +1,65 @@
+"""Good-images-only deviation model (triton_models.goodonly) on tiny generated data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from triton_models import byom, goodonly, mvtec
+from triton_models.export import export
+from triton_models.metrics import auroc
+
+
+def surfaces(count: int, seed: int) -> np.ndarray:
+    """Streaky grey surfaces (uint8 N,3,256,256), streaks in a random direction each."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((count, 3, 256, 256), np.uint8)
+    yy, xx = np.mgrid[0:256, 0:256]
+    for i in range(count):
+        angle = rng.uniform(0, np.pi)
+        phase = (xx * np.cos(angle) + yy * np.sin(angle)) / rng.uniform(3, 6)
+        gray = rng.uniform(110, 160) + 15 * np.sin(phase) + rng.normal(0, 6, (256, 256))
+        out[i] = gray.clip(0, 255).astype(np.uint8)
+    return out
+
+
+def with_spots(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A bright 24x24 spot on each image, and its mask."""
+    rng = np.random.default_rng(seed)
+    images, masks = images.copy(), np.zeros((len(images), 256, 256), bool)
+    for i in range(len(images)):
+        y, x = rng.integers(16, 216, size=2)
+        images[i, :, y : y + 24, x : x + 24] = 235
+        masks[i, y : y + 24, x : x + 24] = True
+    return images, masks
+
+
+def test_deviation_learns_good_surfaces_and_finds_spots(tmp_path: Path) -> None:
+    model = goodonly.Deviation(seed=0)
+    info = goodonly.fit(model, surfaces(24, 0), surfaces(12, 1))
+    low, high = info["calibration_good_max_distance_p50_p99"]  # type: ignore[misc]
+    assert 0 < low <= high
+    path = export(model, tmp_path / "model.pt")
+    byom.smoke_test(path, len(goodonly.CLASSES))  # what `inspectq model install` checks
+    good = surfaces(12, 2)
+    bad, masks = with_spots(surfaces(12, 3), 4)
+    held = mvtec.Dataset(np.concatenate([good, bad]), np.repeat([0, 1], 12),
+                         np.concatenate([np.zeros_like(masks, np.uint8), masks.astype(np.uint8)]),
+                         ["background", "spot"], [f"{i}.png" for i in range(24)])
+    result = goodonly.evaluate(torch.jit.load(str(path)), held)
+    spot = result["per_defect_class"]["spot"]  # type: ignore[index]
+    assert spot["image_auroc"] > 0.95 and spot["pixel_auroc"] > 0.9
+    # calibrated on good images: a typical good tile PASSes, a spotted one does not
+    _, _, score = torch.jit.load(str(path))(torch.from_numpy(np.concatenate([good, bad])))
+    assert float(score[:12].median()) < 0.4 < float(score[12:].median())
+
+
+def test_pixel_auroc_matches_the_rank_statistic() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.random(4000) < 0.2
+    prob = np.clip(rng.normal(0.4 + 0.2 * truth, 0.15), 0, 1)
+    exact = auroc(prob, truth)
+    assert abs(goodonly.pixel_auroc(prob, truth) - exact) < 2e-3
+    assert abs(goodonly.pixel_auroc(1 - prob, truth) - (1 - exact)) < 2e-3
