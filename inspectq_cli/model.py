@@ -99,11 +99,12 @@ def _need_torch(command: str) -> None:
 def evaluate(model_file: Path, data: Path, pass_threshold: float | None,
              reject_threshold: float | None, as_json: bool) -> None:
     """Score every image of DATA exactly as the service would (decode, native-scale 256 px
-    tiles, max over tiles, quality rule) with MODEL_FILE (TorchScript) and print the image
-    AUROC, the recall of defective images at REJECT, the false alarms (good images not
-    PASSed), the misses (defective PASSed), the share sent to REVIEW and the share out of
-    domain. DATA: an MVTec-layout folder, a folder of good/ and <defect class>/ subfolders,
-    or a file of `PATH LABEL` lines (LABEL good or a class). Needs torch.
+    tiles, max over tiles, quality and out-of-domain rules) with MODEL_FILE (TorchScript)
+    and print the image AUROC, the recall of defective images at REJECT, the false alarms
+    (good images not PASSed), the misses (defective PASSed), the share sent to REVIEW and
+    the share out of domain. DATA: an MVTec-layout folder, a folder of good/ and
+    <defect class>/ subfolders, or a file of `PATH LABEL` lines (LABEL good or a class).
+    Needs torch.
 
     \b
     Example:
