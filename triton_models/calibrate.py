@@ -41,7 +41,7 @@ from torch import nn
 from triton_models import card, evaluate, metrics, mvtec
 from triton_models.evaluate import Sample
 from triton_models.export import export
-from triton_models.net import POOL_SHARPNESS, InspectqSeg, UNet
+from triton_models.net import POOL_SHARPNESS, InspectqSeg, OodScore, UNet
 from triton_models.verify import sha256_of
 
 #: The ood_score threshold: this quantile of the held-out (in-domain) tiles' distances.
@@ -96,14 +96,33 @@ def fit_platt(logits: np.ndarray, defective: np.ndarray) -> tuple[float, float]:
     return float(w[0]), float(w[1])
 
 
-def fit_ood(train_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, precision) of the training tiles' features, the covariance shrunk by
-    OOD_SHRINKAGE towards its mean variance so that it inverts stably."""
+@torch.no_grad()
+def fit_ood(head: OodScore, train_features: np.ndarray,
+            heldout_features: np.ndarray | None) -> dict[str, Any]:
+    """Fill `head` (any model's `OodScore`): the mean and inverse covariance of the training
+    tiles' features (shrunk by OOD_SHRINKAGE towards the mean variance, so it inverts
+    stably), and the threshold, the OOD_QUANTILE of the held-out tiles' distances (of the
+    training tiles' without held-out ones: those sit closer, fitted on themselves). Returns
+    the card section."""
     mean = train_features.mean(0)
     cov = np.cov(train_features.astype(np.float64), rowvar=False)
     dim = cov.shape[0]
     cov = (1 - OOD_SHRINKAGE) * cov + OOD_SHRINKAGE * np.trace(cov) / dim * np.eye(dim)
-    return mean, np.linalg.inv(cov)
+    _set(head.mean, mean)
+    _set(head.precision, np.linalg.inv(cov))
+    reference = train_features if heldout_features is None else heldout_features
+    threshold = float(np.quantile(head.distance(torch.from_numpy(reference)).numpy(),
+                                  OOD_QUANTILE))
+    _set(head.threshold, threshold)
+    return {
+        "output": "ood_score: Mahalanobis distance of a tile's pooled encoder features from "
+                  "the training tiles' / threshold; > 1.0 is out of domain",
+        "features": dim, "training_tiles": len(train_features), "shrinkage": OOD_SHRINKAGE,
+        "threshold": f"{OOD_QUANTILE:.1%} quantile of the "
+                     f"{'training' if heldout_features is None else 'held-out'} tiles' "
+                     "distances",
+        "threshold_distance": round(threshold, 3),
+    }
 
 
 def recommend_thresholds(scores: np.ndarray, defective: np.ndarray,
@@ -131,15 +150,11 @@ def calibrate(model: InspectqSeg, train_items: list[Sample], heldout: list[Sampl
     the calibration (and the OOD threshold) on them; returns the card section."""
     start = time.monotonic()
     _, train_features = tile_logits_and_features(model, train_items)
-    mean, precision = fit_ood(train_features)
-    _set(model.ood_mean, mean)
-    _set(model.ood_precision, precision)
-    _set(model.ood_threshold, 1.0)
     section: dict[str, Any] = {}
-    reference = train_features
+    heldout_features = None
     defective = np.array([s.defective for s in heldout or []])
     if heldout:
-        logits, reference = tile_logits_and_features(model, heldout)
+        logits, heldout_features = tile_logits_and_features(model, heldout)
     if defective.any() and not defective.all():
         scale, bias = fit_platt(logits, defective)
         _set(model.calib_scale, scale)
@@ -157,19 +172,7 @@ def calibrate(model: InspectqSeg, train_items: list[Sample], heldout: list[Sampl
     else:
         section["calibration"] = {"method": "none: no held-out good and defective images (the "
                                             "score is the network's own sigmoid, uncalibrated)"}
-    with torch.no_grad():
-        distances = model.ood_distance(torch.from_numpy(reference)).numpy()
-    threshold = float(np.quantile(distances, OOD_QUANTILE))
-    _set(model.ood_threshold, threshold)
-    section["out_of_domain"] = {
-        "output": "ood_score: Mahalanobis distance of a tile's pooled encoder features from "
-                  "the training tiles' / threshold; > 1.0 is out of domain",
-        "features": int(mean.shape[0]), "training_tiles": len(train_features),
-        "shrinkage": OOD_SHRINKAGE,
-        "threshold": f"{OOD_QUANTILE:.1%} quantile of the "
-                     f"{'held-out' if heldout else 'training'} tiles' distances",
-        "threshold_distance": round(threshold, 3),
-    }
+    section["out_of_domain"] = fit_ood(model.ood, train_features, heldout_features)
     section["post_training_seconds"] = round(time.monotonic() - start, 1)
     return section
 

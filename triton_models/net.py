@@ -16,9 +16,9 @@ map becomes a coarse heatmap of those regions.
 Two post-training steps (`triton_models.calibrate`) fill buffers that the exported file
 keeps: a Platt calibration of the image logit (`calib_scale`, `calib_bias`; identity until
 fitted), so the served `image_score` is calibrated on held-out data, and the out-of-domain
-statistics of the training set (`ood_mean`, `ood_precision`, `ood_threshold`): the
-Mahalanobis distance of a tile's pooled encoder features from the training tiles' mean,
-divided by the threshold distance, is the fourth output `ood_score` (> 1 = out of domain).
+statistics of the training set (`OodScore`, which any model can hold): the Mahalanobis
+distance of a tile's pooled encoder features from the training tiles' mean, divided by the
+threshold distance, is the fourth output `ood_score` (> 1 = out of domain).
 """
 
 from __future__ import annotations
@@ -131,6 +131,27 @@ def smooth_max(z: Tensor, sharpness: float) -> Tensor:
     return (torch.logsumexp(sharpness * flat, 2) - math.log(n)) / sharpness
 
 
+class OodScore(nn.Module):
+    """Out-of-domain score (N,1) of pooled features (N,D): their Mahalanobis distance from
+    the training features' mean, divided by the threshold distance (1.0 = the threshold).
+    Identity statistics until `triton_models.calibrate.fit_ood` fills them."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("precision", torch.eye(dim))
+        self.register_buffer("threshold", torch.tensor(1.0))
+
+    def distance(self, features: Tensor) -> Tensor:
+        """Mahalanobis distance (N,) from the training mean."""
+        centred = features - self.mean
+        squared = ((centred @ self.precision) * centred).sum(1)
+        return torch.sqrt(torch.clamp(squared, min=0.0))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return (self.distance(features) / self.threshold).unsqueeze(1)
+
+
 class InspectqSeg(nn.Module):
     """The deployable model: uint8 images in, the contract's three outputs and the optional
     `ood_score` out."""
@@ -147,10 +168,7 @@ class InspectqSeg(nn.Module):
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
         self.register_buffer("calib_scale", torch.tensor(1.0))
         self.register_buffer("calib_bias", torch.tensor(0.0))
-        dim = int(backbone.feature_dim)
-        self.register_buffer("ood_mean", torch.zeros(dim))
-        self.register_buffer("ood_precision", torch.eye(dim))
-        self.register_buffer("ood_threshold", torch.tensor(1.0))
+        self.ood = OodScore(int(backbone.feature_dim))
 
     def normalize(self, images: Tensor) -> Tensor:
         return (images.float() / 255.0 - self.mean) / self.std
@@ -175,12 +193,6 @@ class InspectqSeg(nn.Module):
         presence = smooth_max(per_class, self.pool_sharpness)
         return image_logit, presence
 
-    def ood_distance(self, features: Tensor) -> Tensor:
-        """Mahalanobis distance (N,) of pooled features (N,D) from the training mean."""
-        centred = features - self.ood_mean
-        squared = ((centred @ self.ood_precision) * centred).sum(1)
-        return torch.sqrt(torch.clamp(squared, min=0.0))
-
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         logits, features = self.backbone.forward_features(self.normalize(images))
         image_logit, _ = self.pool(logits)
@@ -188,5 +200,4 @@ class InspectqSeg(nn.Module):
         defect_prob = (1.0 - torch.softmax(logits, 1)[:, 0]).to(torch.float16)
         calibrated = self.calib_scale * image_logit + self.calib_bias
         image_score = torch.sigmoid(calibrated).unsqueeze(1)
-        ood_score = (self.ood_distance(features) / self.ood_threshold).unsqueeze(1)
-        return class_map, defect_prob, image_score, ood_score
+        return class_map, defect_prob, image_score, self.ood(features)

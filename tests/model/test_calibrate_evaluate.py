@@ -15,6 +15,7 @@ from torch import Tensor
 
 from inspectq_cli.main import cli
 from triton_models import byom, calibrate, card, evaluate, mvtec, synth, train
+from triton_models.net import OodScore
 from triton_models.repository import Repositories
 
 SHIPPED_V1 = Repositories().model_file(1)
@@ -127,6 +128,21 @@ def test_platt_fit_recovers_a_known_calibration() -> None:
     separated = np.array([-5.0, -4.0, 4.0, 5.0])
     scale, _ = calibrate.fit_platt(separated, separated > 0)
     assert math.isfinite(scale) and scale > 0  # Platt's targets keep it finite
+
+
+def test_ood_statistics_put_the_threshold_at_the_held_out_quantile() -> None:
+    rng = np.random.default_rng(2)
+    scale = rng.uniform(0.5, 3.0, 8)  # features of unlike spread: the covariance matters
+    train_features = (rng.normal(0, 1, (5000, 8)) * scale).astype(np.float32)
+    held = (rng.normal(0, 1, (2000, 8)) * scale).astype(np.float32)
+    head = OodScore(8)
+    section = calibrate.fit_ood(head, train_features, held)
+    with torch.no_grad():
+        in_domain = head(torch.from_numpy(held))[:, 0].numpy()
+        shifted = head(torch.from_numpy(held + 4 * scale.astype(np.float32)))[:, 0].numpy()
+    assert (in_domain > 1).mean() == pytest.approx(1 - calibrate.OOD_QUANTILE, abs=1e-3)
+    assert (shifted > 1).mean() > 0.99
+    assert section["threshold"].endswith("held-out tiles' distances")
 
 
 def test_recommended_thresholds_meet_the_target_recall() -> None:
