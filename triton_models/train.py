@@ -178,7 +178,6 @@ def train(data: mvtec.Dataset, arch: str, steps: int, batch: int, crop: int, lr:
     start = time.monotonic()
     done = 0
     bar = tqdm(range(steps), desc=f"train {arch}", unit="step")
-    progress = 0.0
     for step in bar:
         progress = max(step / max(steps - 1, 1),
                        0.0 if max_seconds is None else (time.monotonic() - start) / max_seconds)
