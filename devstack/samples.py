@@ -52,11 +52,17 @@ def _largest_render(defect: str, tries: int = 40) -> tuple[np.ndarray, np.ndarra
 
 
 def steel_strip(defect: str | None, x_offset: int = 1100) -> Sample:
-    """A 1600x256 frame: a clean surface stretched along the strip, with one defect pasted
-    at ``x_offset`` (its pixels copied where its mask is set). Goes through the tiling path.
+    """A 1600x256 frame: a clean surface laid along the strip at its own scale (mirrored at
+    every seam, so the texture runs on), with one defect pasted at ``x_offset`` (its pixels
+    copied where its mask is set). Goes through the tiling path.
+
+    Not stretched: a stretched surface is unlike anything a camera sees (or the model
+    learned), and the model's out-of-domain score rightly sends it to REVIEW.
     """
     clean, _ = render(SAMPLE_SEED, 1, None)
-    strip = cv2.resize(clean, STRIP_SIZE, interpolation=cv2.INTER_LINEAR)
+    width, height = STRIP_SIZE
+    copies = [clean if i % 2 == 0 else clean[:, ::-1] for i in range(-(-width // height))]
+    strip = np.ascontiguousarray(np.concatenate(copies, axis=1)[:height, :width])
     if defect is None:
         return Sample("strip_1600x256_clean", strip, None, None)
     patch, mask = _largest_render(defect)
