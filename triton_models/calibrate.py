@@ -155,8 +155,9 @@ def calibrate(model: InspectqSeg, train_items: list[Sample], heldout: list[Sampl
     defective = np.array([s.defective for s in heldout or []])
     if heldout:
         logits, heldout_features = tile_logits_and_features(model, heldout)
-    if defective.any() and not defective.all():
-        scale, bias = fit_platt(logits, defective)
+    scale, bias = fit_platt(logits, defective) if defective.any() and not defective.all() \
+        else (0.0, 0.0)
+    if scale > 0:
         _set(model.calib_scale, scale)
         _set(model.calib_bias, bias)
         section["calibration"] = {
@@ -169,8 +170,9 @@ def calibrate(model: InspectqSeg, train_items: list[Sample], heldout: list[Sampl
             section["calibration"]["recommended_thresholds"] = {
                 "target_recall": target_recall,
                 **recommend_thresholds(scores, defective, target_recall)}
-    else:
-        section["calibration"] = {"method": "none: no held-out good and defective images (the "
+    else:  # a slope <= 0 would reverse the ranking: leave such a score as the network made it
+        section["calibration"] = {"method": "none: no held-out good and defective images, or "
+                                            "their image logits rank the good ones higher (the "
                                             "score is the network's own sigmoid, uncalibrated)"}
     section["out_of_domain"] = fit_ood(model.ood, train_features, heldout_features)
     section["post_training_seconds"] = round(time.monotonic() - start, 1)

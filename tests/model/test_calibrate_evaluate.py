@@ -219,3 +219,7 @@ def test_ood_score_flags_foreign_images_and_passes_in_domain_ones(tmp_path: Path
             [evaluate.service_image(s.path).tiles[0] for s in items[30:]])))[3]
     assert (foreign > 1).all()
     assert (in_domain <= 1).float().mean() >= 0.9
+    # Labels that rank backwards (good called defective): no calibration reverses the score.
+    flipped = [evaluate.Sample(s.path, "good" if s.defective else "scratch") for s in items[30:]]
+    section = calibrate.calibrate(calibrate.from_frozen(SHIPPED_V1, 5), items[:30], flipped)
+    assert section["calibration"]["method"].startswith("none")
