@@ -37,9 +37,9 @@ def test_cell_classifier_learns_labels_and_points_at_the_evidence(tmp_path: Path
     train, _ = toy(48, 0)
     val, _ = toy(16, 1)
     held, centres = toy(32, 2)
-    model, info = labelonly.fit(train, val, max_seconds=90, seed=0, batch=16, max_steps=60,
+    model, info = labelonly.fit(train, val, max_seconds=600, seed=0, batch=16, max_steps=40,
                                 eval_every=20)
-    assert info["steps"] == 60 and info["best_step"] in (20, 40, 60)
+    assert info["steps"] == 40 and info["best_step"] in (20, 40)
     path = export(model, tmp_path / "model.pt")
     byom.smoke_test(path, 2)  # the contract, as `inspectq model install` checks it
     scripted = torch.jit.load(str(path))
