@@ -51,7 +51,10 @@ def fit(x: np.ndarray, y: np.ndarray, l2s: tuple[float, ...],
             p = 1.0 / (1.0 + np.exp(-(f @ theta)))
             grad = f.T @ (weight * (p - y)) + reg * theta
             hess = (f.T * (weight * p * (1 - p))) @ f + np.diag(reg + 1e-9)
-            theta -= np.linalg.solve(hess, grad)
+            step = np.linalg.solve(hess, grad)
+            theta -= step
+            if np.abs(step).max() < 1e-6:  # converged (Newton: quadratically, near the end)
+                break
         fitted.append((vt.T @ theta[:-1], float(theta[-1])))
     return fitted
 
