@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     tile_size: int = Field(default=256, ge=32)
     tile_stride: int = Field(default=128, ge=16)
     min_region_px: int = Field(default=12, ge=1, description="Smaller regions are noise.")
+    focus_min_sharpness: float = Field(
+        default=0.03, ge=0,
+        description="Image-quality check: a frame whose sharpness (inspectq/quality.py) is"
+        " below this is out_of_focus and cannot PASS; 0 turns the check off. The default"
+        " suits textured surfaces; imaging that is soft by nature (electroluminescence,"
+        " X-ray) measures lower in focus and needs a lower limit.",
+    )
 
     # --- Jobs ---
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)

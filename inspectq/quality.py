@@ -51,7 +51,8 @@ FOCUS_MIN_DETAIL = 2.0
 FOCUS_MIN_SHARPNESS = 0.03
 
 
-def check_quality(image: np.ndarray) -> ImageQuality:
+def check_quality(image: np.ndarray,
+                  focus_min_sharpness: float = FOCUS_MIN_SHARPNESS) -> ImageQuality:
     """The quality issues of an ``(H, W, 3)`` uint8 RGB frame (``decode_image``'s output)."""
     contrast = _stddev(image)
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
@@ -67,11 +68,12 @@ def check_quality(image: np.ndarray) -> ImageQuality:
     if clipped > SATURATED_MAX_SHARE:
         found.append((QualityIssue.SATURATED, f"saturated: {clipped:.0%} of the pixels are"
                       f" clipped at black or white (limit {SATURATED_MAX_SHARE:.0%})"))
-    if contrast >= LOW_CONTRAST_MAX_CONTRAST:  # focus means nothing on a featureless frame
+    # focus means nothing on a featureless frame; a limit of 0 turns the check off
+    if contrast >= LOW_CONTRAST_MAX_CONTRAST and focus_min_sharpness > 0:
         sharpness = focus_sharpness(grey)
-        if sharpness is not None and sharpness < FOCUS_MIN_SHARPNESS:
+        if sharpness is not None and sharpness < focus_min_sharpness:
             found.append((QualityIssue.OUT_OF_FOCUS, f"out of focus: sharpness"
-                          f" {sharpness:.3f} (limit {FOCUS_MIN_SHARPNESS:g})"))
+                          f" {sharpness:.3f} (limit {focus_min_sharpness:g})"))
     return ImageQuality(issues=[issue for issue, _ in found],
                         detail="; ".join(text for _, text in found))
 

@@ -197,7 +197,9 @@ def _run_stages(services: Services, record: JobRecord, started: float
     timings = Timings(ingest_ms=record.ingest_ms,
                       queue_wait_ms=round(max(0.0, started - record.enqueued_at) * 1000, 2))
     params = {"tile_size": settings.tile_size, "tile_stride": settings.tile_stride,
-              "min_region_px": settings.min_region_px, "format": cache.ModelAnswer.FORMAT}
+              "min_region_px": settings.min_region_px, "format": cache.ModelAnswer.FORMAT,
+              # the answer's quality depends on it (params are ints: in thousandths)
+              "focus_min_sharpness_milli": round(settings.focus_min_sharpness * 1000)}
     clock = time.perf_counter()
     info = services.model.current_info()
     timings.triton_ms = _ms(clock)
@@ -214,7 +216,7 @@ def _run_stages(services: Services, record: JobRecord, started: float
 
         clock = time.perf_counter()
         image = decode_image(data)
-        quality = check_quality(image)
+        quality = check_quality(image, settings.focus_min_sharpness)
         layout = make_model_input(image, settings.tile_size, settings.tile_stride)
         timings.preprocess_ms = _ms(clock)
 

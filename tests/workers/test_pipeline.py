@@ -131,6 +131,24 @@ def test_an_out_of_domain_image_goes_to_a_person_whatever_its_score(
     assert inspect_job(services, submit(services, png(mixed))).result.decision == "REVIEW"
 
 
+def test_the_focus_limit_is_a_setting_and_part_of_the_cached_answer(
+    services: Services,
+) -> None:
+    """INSPECTQ_FOCUS_MIN_SHARPNESS: a defocused texture is out_of_focus (REVIEW) under the
+    default and PASSes with the check off; the same bytes are inferred again, not answered
+    from the cache with the other limit's quality."""
+    cells = np.random.default_rng(5).integers(60, 200, (64, 64), np.uint8)
+    texture = cv2.resize(cells, (512, 512), interpolation=cv2.INTER_NEAREST)
+    data = png(cv2.cvtColor(cv2.GaussianBlur(texture, (0, 0), 8), cv2.COLOR_GRAY2RGB))
+    strict = inspect_job(services, submit(services, data)).result
+    assert strict.quality.issues == ["out_of_focus"] and strict.decision == "REVIEW"
+    relaxed = replace(services, settings=services.settings.model_copy(
+        update={"focus_min_sharpness": 0.0}))
+    lenient = inspect_job(relaxed, submit(relaxed, data)).result
+    assert lenient.cache_hit is False
+    assert lenient.quality.issues == [] and lenient.decision == "PASS"
+
+
 def test_a_sideways_camera_jpeg_is_inspected_upright(services: Services) -> None:
     """EXIF orientation 6 (camera turned): the 320x160 raster is a 160x320 part; size, box
     and mask are in upright pixels."""

@@ -99,6 +99,14 @@ def test_a_badly_defocused_texture_is_out_of_focus_and_a_sharp_one_is_not() -> N
     assert defocused.detail == "out of focus: sharpness 0.020 (limit 0.03)"
 
 
+def test_the_focus_limit_can_be_lowered_or_turned_off() -> None:
+    """Soft imaging (e.g. electroluminescence) measures low in focus: the limit is a setting."""
+    defocused = cv2.GaussianBlur(_cells(), (0, 0), 8)  # sharpness 0.020
+    assert check_quality(defocused, focus_min_sharpness=0.025).issues == [OUT_OF_FOCUS]
+    assert check_quality(defocused, focus_min_sharpness=0.015).issues == []
+    assert check_quality(defocused, focus_min_sharpness=0).issues == []
+
+
 def test_a_smooth_surface_is_never_called_out_of_focus() -> None:
     """Without fine detail, in focus and out of focus look the same: no verdict."""
     ramp = np.tile(np.linspace(40, 200, 512, dtype=np.float32), (512, 1))
