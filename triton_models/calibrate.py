@@ -155,8 +155,8 @@ def calibrate(model: InspectqSeg, train_items: list[Sample], heldout: list[Sampl
     defective = np.array([s.defective for s in heldout or []])
     if heldout:
         logits, heldout_features = tile_logits_and_features(model, heldout)
-    scale, bias = fit_platt(logits, defective) if defective.any() and not defective.all() \
-        else (0.0, 0.0)
+    both_kinds = bool(defective.any() and not defective.all())
+    scale, bias = fit_platt(logits, defective) if both_kinds else (0.0, 0.0)
     if scale > 0:
         _set(model.calib_scale, scale)
         _set(model.calib_bias, bias)
@@ -165,15 +165,16 @@ def calibrate(model: InspectqSeg, train_items: list[Sample], heldout: list[Sampl
             "scale": round(scale, 5), "bias": round(bias, 5),
             "images": len(heldout), "defective_images": int(defective.sum()),
         }
-        if target_recall is not None:
-            scores = 1 / (1 + np.exp(-(scale * logits + bias)))
-            section["calibration"]["recommended_thresholds"] = {
-                "target_recall": target_recall,
-                **recommend_thresholds(scores, defective, target_recall)}
     else:  # a slope <= 0 would reverse the ranking: leave such a score as the network made it
+        scale, bias = 1.0, 0.0  # the served score: the network's own sigmoid
         section["calibration"] = {"method": "none: no held-out good and defective images, or "
                                             "their image logits rank the good ones higher (the "
                                             "score is the network's own sigmoid, uncalibrated)"}
+    if target_recall is not None and both_kinds:  # thresholds for the score as served
+        scores = 1 / (1 + np.exp(-(scale * logits + bias)))
+        section["calibration"]["recommended_thresholds"] = {
+            "target_recall": target_recall,
+            **recommend_thresholds(scores, defective, target_recall)}
     section["out_of_domain"] = fit_ood(model.ood, train_features, heldout_features)
     section["post_training_seconds"] = round(time.monotonic() - start, 1)
     return section
