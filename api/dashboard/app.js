@@ -533,13 +533,15 @@ function reviewView(view, root) {
   let item = null;
   let answered = 0;
   let busy = false;
+  let cursor = null; // keyset cursor of the next page of the listing; null: no more
   const skipped = new Set();
 
   async function load() {
     try {
       const page = await apiJson(`/v1/jobs?${query({ decision: "REVIEW", feedback: "none",
-                                                    limit: 50 })}`);
-      queue = page.jobs.filter((job) => !skipped.has(job.id));
+                                                    limit: 50, cursor })}`);
+      cursor = page.next_cursor || null;
+      queue.push(...page.jobs.filter((job) => !skipped.has(job.id)));
       next();
     } catch (error) {
       if (view.alive) showError(stage, error);
@@ -549,7 +551,12 @@ function reviewView(view, root) {
   function next() {
     if (!view.alive) return;
     item = queue.shift() || null;
-    done.textContent = `${answered} answered · ${queue.length + (item ? 1 : 0)} waiting`;
+    if (!item && cursor) { // this page is worked off (or skipped): fetch the next one
+      load();
+      return;
+    }
+    done.textContent = `${answered} answered · ${queue.length + (item ? 1 : 0)}${
+      cursor ? "+" : ""} waiting`;
     if (!item) {
       stage.replaceChildren(el("p", { class: "muted", id: "review-empty",
         text: "Nothing to review. Well done." }));

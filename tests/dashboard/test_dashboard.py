@@ -315,6 +315,27 @@ def test_review_queue_is_worked_with_the_keyboard(tab: Page, stack: Stack) -> No
     assert tab.errors == []
 
 
+def test_the_review_queue_pages_past_its_first_fifty(tab: Page, stack: Stack) -> None:
+    """The queue fetches 50 at a time: skipping all of them brings the next page, not
+    "nothing to review"."""
+    review = {stack.ended("weld-9", "REVIEW", 0.5) for _ in range(51)}
+    stack.index()
+    tab.sign_in()
+    tab.go("#/review")
+    item = tab.page.locator("#review-item [data-job]")
+    expect(tab.page.locator("#review-progress")).to_contain_text("50+ waiting")
+    seen: list[str] = []
+    for _ in range(50):
+        expect(item).not_to_have_attribute("data-job", seen[-1] if seen else "")
+        seen.append(str(item.get_attribute("data-job")))
+        tab.page.keyboard.press("s")
+    expect(item).not_to_have_attribute("data-job", seen[-1])
+    expect(tab.page.locator("#review-progress")).to_contain_text("1 waiting")
+    seen.append(str(item.get_attribute("data-job")))
+    assert len(set(seen)) == 51 and set(seen) == review
+    assert tab.errors == []
+
+
 def test_try_it_uploads_waits_for_the_overlay_and_re_decides_with_the_sliders(
     tab: Page, stack: Stack, tmp_path
 ) -> None:
