@@ -524,7 +524,9 @@ function reviewView(view, root) {
     el("p", { class: "muted" },
       "REVIEW images nobody has answered yet, newest first. Keys: ", el("kbd", { text: "P" }),
       " it is a PASS, ", el("kbd", { text: "R" }), " it is a REJECT, ",
-      el("kbd", { text: "S" }), " skip. Each answer is sent as feedback."),
+      el("kbd", { text: "1" }), "-", el("kbd", { text: "9" }),
+      " it is a REJECT of that class, ", el("kbd", { text: "S" }),
+      " skip. Each answer is sent as feedback."),
     el("div", { class: "toolbar" }, el("label", { for: "review-note", text: "Note" }), note,
        done),
     stage);
@@ -534,6 +536,8 @@ function reviewView(view, root) {
   let answered = 0;
   let busy = false;
   let cursor = null; // keyset cursor of the next page of the listing; null: no more
+  let detail = null; // the shown item's result (classes and regions), once read
+  const classKeys = el("div", { class: "keys", id: "review-classes" });
   const skipped = new Set();
 
   async function load() {
@@ -551,6 +555,8 @@ function reviewView(view, root) {
   function next() {
     if (!view.alive) return;
     item = queue.shift() || null;
+    detail = null;
+    classKeys.replaceChildren();
     if (!item && cursor) { // this page is worked off (or skipped): fetch the next one
       load();
       return;
@@ -585,14 +591,38 @@ function reviewView(view, root) {
              el("kbd", { text: "R" }), " REJECT"),
           el("button", { type: "button", onclick: () => skip() }, el("kbd", { text: "S" }),
              " Skip")),
+        classKeys,
         el("p", { class: "error", role: "alert", id: "review-error" }))));
     stage.querySelector("button").focus();
+    // The class keys need the job's classes and regions: one read of the job per item.
+    const shown = item;
+    apiJson(`/v1/jobs/${encodeURIComponent(shown.id)}`).then((job) => {
+      if (!view.alive || item !== shown || !job.result) return;
+      detail = job.result;
+      classKeys.replaceChildren(...detail.model.classes.slice(1, 10).map((name, index) =>
+        el("button", { type: "button", "data-class": name, onclick: () => relabel(index + 1) },
+           el("kbd", { text: String(index + 1) }), ` REJECT as ${name}`)));
+    }).catch(() => {}); // the P / R / S keys work without it
   }
 
-  async function answer(decision) {
+  /** REJECT with the defects relabelled as class ``classes[index]``: the model's regions
+   * keep their boxes; with none, the whole image is the defect. */
+  function relabel(index) {
+    if (!detail || index >= detail.model.classes.length) return;
+    const name = detail.model.classes[index];
+    const boxes = detail.defects.length ? detail.defects.map((defect) => defect.bbox)
+      : [[0, 0, detail.width, detail.height]];
+    send({ verdict: "correct", defects: boxes.map((bbox) => ({ class: name, bbox })),
+           by: "dashboard" });
+  }
+
+  function answer(decision) {
+    send({ verdict: "correct", decision, by: "dashboard" });
+  }
+
+  async function send(body) {
     if (!item || busy) return;
     busy = true;
-    const body = { verdict: "correct", decision, by: "dashboard" };
     if (note.value.trim()) body.note = note.value.trim();
     try {
       await api(`/v1/jobs/${encodeURIComponent(item.id)}/feedback`, {
@@ -624,6 +654,7 @@ function reviewView(view, root) {
     if (key === "p") answer("PASS");
     else if (key === "r") answer("REJECT");
     else if (key === "s") skip();
+    else if (/^[1-9]$/.test(key)) relabel(Number(key));
     else return;
     event.preventDefault();
   });

@@ -23,7 +23,7 @@ from inspectq.alerting import AlertEvent, LineAlerting, effective
 from inspectq.index.alerts import AlertIndex
 from inspectq.linehealth import LineHealthMonitor, StreamKey, Transition
 from inspectq.result import ImageQuality, Thresholds, final_decision
-from tests.dashboard.conftest import AUTH, Page, Stack, part_image
+from tests.dashboard.conftest import AUTH, DEFECT_BOX, Page, Stack, part_image
 
 
 def test_the_page_is_served_with_a_strict_csp_and_no_inline_script(stack: Stack) -> None:
@@ -276,7 +276,7 @@ def test_the_line_view_pages_through_rejects_and_reviews_newest_first(
 
 
 def test_review_queue_is_worked_with_the_keyboard(tab: Page, stack: Stack) -> None:
-    review = [stack.ended("weld-3", "REVIEW", 0.45 + i / 100) for i in range(4)]
+    review = [stack.ended("weld-3", "REVIEW", 0.45 + i / 100) for i in range(5)]
     stack.ended("weld-3", "REJECT", 0.9)  # not in the queue
     answered = stack.ended("weld-3", "REVIEW", 0.5)
     stack.index()
@@ -288,18 +288,20 @@ def test_review_queue_is_worked_with_the_keyboard(tab: Page, stack: Stack) -> No
     tab.go("#/review")
     item = tab.page.locator("#review-item [data-job]")
     expect(item).to_have_attribute("data-job", review[-1])  # newest first
-    expect(tab.page.locator("#review-progress")).to_contain_text("4 waiting")
+    expect(tab.page.locator("#review-progress")).to_contain_text("5 waiting")
     tab.images_loaded("#review-item img")
     tab.shot("review")
     tab.page.set_viewport_size({"width": 768, "height": 1024})
     tab.shot("review-tablet")
     seen = {}
-    for key in ("p", "r", "s", "p"):
+    for key in ("p", "r", "1", "s", "p"):
         shown = item.get_attribute("data-job")
         assert shown not in seen
         seen[shown] = key
+        if key == "1":  # the class keys come with the job's classes: 1 is "scratch"
+            expect(tab.page.locator("#review-classes [data-class=scratch]")).to_be_visible()
         tab.page.keyboard.press(key)
-        if key != "p" or len(seen) < 4:
+        if key != "p" or len(seen) < 5:
             expect(item.or_(tab.page.locator("#review-empty"))).not_to_have_attribute(
                 "data-job", shown)
     expect(tab.page.locator("#review-empty")).to_be_visible()
@@ -308,6 +310,10 @@ def test_review_queue_is_worked_with_the_keyboard(tab: Page, stack: Stack) -> No
         feedback = stack.job(job_id).get("feedback")
         if key == "s":
             assert feedback is None
+        elif key == "1":  # a REJECT of class scratch, on the model's region's box
+            assert feedback["latest"]["verdict"] == "correct"
+            assert feedback["latest"]["defects"] == [{"class": "scratch",
+                                                      "bbox": list(DEFECT_BOX)}]
         else:
             assert feedback["latest"]["verdict"] == "correct"
             assert feedback["latest"]["decision"] == {"p": "PASS", "r": "REJECT"}[key]
