@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from triton_models.verify import sha256_of
+
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
 
@@ -33,6 +35,12 @@ OUTPUT_CONTRACT = [
 OOD_OUTPUT = {"name": "ood_score", "dtype": "FP32", "shape": ["N", 1],
               "meaning": "out-of-domain score of the tile: 1.0 is the threshold, > 1.0 is out "
                          "of domain (unlike the training images)"}
+
+
+def file_facts(model_file: Path) -> dict[str, Any]:
+    """The card's description of the TorchScript file itself: name, sha256 and size."""
+    return {"file": model_file.name, "sha256": sha256_of(model_file),
+            "size_bytes": model_file.stat().st_size}
 
 
 def read(card_dir: Path) -> dict[str, Any]:

@@ -41,7 +41,6 @@ from torch import Tensor, nn
 
 from triton_models import card, metrics, mvtec
 from triton_models.export import export, gflops_per_image
-from triton_models.verify import sha256_of
 
 CLASSES = ["background", "anomaly"]
 WIDTHS = (32, 64, 128)
@@ -219,9 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     result = evaluate(torch.jit.load(str(path)), held)
     model_card: dict[str, object] = {
         "name": "inspectq_seg",
-        "file": path.name,
-        "sha256": sha256_of(path),
-        "size_bytes": path.stat().st_size,
+        **card.file_facts(path),
         "classes": CLASSES,
         "architecture": "good-only deviation (random filter bank + Gaussian of good cells)",
         "params": sum(b.numel() for b in model.state_dict().values()),

@@ -44,7 +44,6 @@ from triton_models import baseline, card, metrics, mvtec
 from triton_models.export import export, gflops_per_image
 from triton_models.net import MEAN, STD, conv_bn_relu, smooth_max
 from triton_models.train import split
-from triton_models.verify import sha256_of
 
 SHARPNESS = 4.0
 WIDTHS = (16, 32, 64, 96)
@@ -217,9 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     base = baseline.evaluate(data, held, seed=args.seed)
     model_card: dict[str, object] = {
         "name": "inspectq_seg",
-        "file": path.name,
-        "sha256": sha256_of(path),
-        "size_bytes": path.stat().st_size,
+        **card.file_facts(path),
         "classes": data.classes,
         "architecture": "cell-classifier (label-only, multiple-instance)",
         "params": sum(p.numel() for p in model.parameters()),

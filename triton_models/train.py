@@ -50,7 +50,6 @@ from triton_models.net import (
     InspectqSeg,
     build_backbone,
 )
-from triton_models.verify import sha256_of
 
 MODEL_NAME = "inspectq_seg"
 WARMUP = 0.1  # share of the run spent warming the learning rate up
@@ -289,9 +288,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model_card: dict[str, object] = {
         "name": MODEL_NAME,
-        "file": model_path.name,
-        "sha256": sha256_of(model_path),
-        "size_bytes": model_path.stat().st_size,
+        **card.file_facts(model_path),
         "classes": data.classes,
         "architecture": args.arch,
         "params": sum(p.numel() for p in model.parameters()),
