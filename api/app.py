@@ -16,6 +16,7 @@ from api.auth import require_api_key
 from api.dashboard import dashboard_blueprint
 from api.errors import register_error_handlers
 from api.health import health_blueprint
+from api.inputs import refuse_nul_in_url
 from api.openapi import complete
 from api.ratelimit import install_rate_limits
 from api.routes.alerts import add_alert_routes
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     v1 = Blueprint("v1", __name__, url_prefix="/v1")
     v1.before_request(require_api_key)
+    v1.before_request(refuse_nul_in_url)
     add_job_routes(v1, spec)
     add_batch_routes(v1, spec)
     add_results_routes(v1, spec)

@@ -24,6 +24,7 @@ from inspectq.alerting import EffectiveAlerting, LineAlerting
 from inspectq.feedback import Feedback
 from inspectq.jobs import RetryState, Status
 from inspectq.result import Decision, InspectionResult
+from inspectq.text import Text
 
 #: Production line and camera ids. They appear in records and metrics, never in S3 keys,
 #: and the strict pattern keeps them from smuggling anything anywhere.
@@ -78,7 +79,7 @@ class JobOptions(BaseModel):
         f" most {MAX_METADATA_CHARS} characters, {MAX_METADATA_DEPTH} levels of nesting and"
         f" {MAX_METADATA_KEYS} keys in all.",
     )
-    callback_url: str | None = Field(
+    callback_url: Text | None = Field(
         default=None, max_length=2048,
         description="http(s) URL POSTed the job's JSON when it ends, signed with the"
         " tenant's secret (X-Inspectq-Signature); loopback and private hosts are refused.",
@@ -382,13 +383,6 @@ class DeliveriesOut(BaseModel):
 AlertStateName = Literal["open", "acknowledged", "resolved"]
 
 
-def _no_nul(value: str | None) -> str | None:
-    """Text stored in the index: PostgreSQL text cannot hold NUL."""
-    if value is not None and "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
 class AlertListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -497,10 +491,8 @@ class LineHealthOut(BaseModel):
 class AckIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    by: str | None = Field(default=None, max_length=200, description="Who saw it.")
-    note: str | None = Field(default=None, max_length=2000)
-
-    _text = field_validator("by", "note")(_no_nul)
+    by: Text | None = Field(default=None, max_length=200, description="Who saw it.")
+    note: Text | None = Field(default=None, max_length=2000)
 
 
 class LineAlertingIn(LineAlerting):

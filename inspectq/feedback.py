@@ -19,6 +19,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inspectq.result import Decision
+from inspectq.text import Text
 
 
 class FeedbackDefect(BaseModel):
@@ -26,7 +27,7 @@ class FeedbackDefect(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, frozen=True, extra="forbid")
 
-    class_name: str = Field(alias="class", min_length=1, max_length=64)
+    class_name: Text = Field(alias="class", min_length=1, max_length=64)
     bbox: tuple[int, int, int, int] = Field(
         description="[x0, y0, x1, y1]; x1 and y1 exclusive, x0 < x1 and y0 < y1."
     )
@@ -55,8 +56,8 @@ class FeedbackIn(BaseModel):
         default=None, max_length=100,
         description="With correct: the defects as the operator sees them.",
     )
-    note: str | None = Field(default=None, max_length=2000)
-    by: str | None = Field(default=None, max_length=128, description="Who answered.")
+    note: Text | None = Field(default=None, max_length=2000)
+    by: Text | None = Field(default=None, max_length=128, description="Who answered.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

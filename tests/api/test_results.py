@@ -198,6 +198,37 @@ def test_feedback_refusals_are_clear(app: Flask, client: FlaskClient) -> None:
     assert theirs.status_code == 404
 
 
+@pytest.mark.parametrize("url", [
+    "/v1/jobs?batch_id=b%00",  # the query CI's fuzzing found reaching PostgreSQL
+    "/v1/jobs?line=L1&cursor=%00",
+    "/v1/exports?batch_id=%00x",
+    "/v1/jobs?x%00=1",
+    "/v1/batches/b_%00",
+    "/v1/lines/L%00/stats",
+    "/v1/jobs/j_%00",
+    "/v1/alerts/al_%00",
+])
+def test_a_nul_in_any_url_is_a_clear_400(client: FlaskClient, url: str) -> None:
+    response = client.get(url, headers=AUTH)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.json["error"]["code"] == "invalid_request"
+    assert "NUL" in response.json["error"]["message"]
+
+
+@pytest.mark.parametrize("body", [
+    {"verdict": "confirm", "note": "scratch\x00"},
+    {"verdict": "confirm", "by": "\x00"},
+    {"verdict": "correct", "defects": [{"class": "s\x00", "bbox": [0, 0, 1, 1]}]},
+])
+def test_feedback_text_with_a_nul_is_refused_and_nothing_is_stored(
+    app: Flask, client: FlaskClient, body: dict) -> None:
+    job_id = ended_job(app, client, "L9", "REVIEW")
+    response = client.post(f"/v1/jobs/{job_id}/feedback", json=body, headers=AUTH)
+    assert response.status_code == 400, response.json
+    assert "NUL" in json.dumps(response.json)
+    assert client.get(f"/v1/jobs/{job_id}", headers=AUTH).json.get("feedback") is None
+
+
 def test_a_batch_shows_its_jobs_and_counts(app: Flask, client: FlaskClient) -> None:
     images = [image_bytes("PNG", (30 + i, 10)) for i in range(3)]
     response = client.post(
