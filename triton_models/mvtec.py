@@ -114,3 +114,15 @@ def load(root: Path, classes: list[str] | None = None, size: int | None = 256,
             masks[i][_read_mask(root, cls, path, height, width)] = k
     return Dataset(images, labels, masks, ["background", *classes],
                    [str(p.relative_to(root)) for p, _, _ in entries])
+
+
+def split(data: Dataset, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (per label) train/held-out index split."""
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    for label in np.unique(data.labels):
+        idx = rng.permutation(np.flatnonzero(data.labels == label))
+        n_held = round(len(idx) * fraction)
+        held.append(idx[:n_held])
+        train.append(idx[n_held:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held))

@@ -6,9 +6,12 @@ write the model card.
 
 With ground_truth/ masks: multi-class segmentation (cross-entropy + Dice on pixels) plus the
 image score (binary cross-entropy of the pooled defect map against "crop holds a defect").
-Without ground_truth/ (or with --label-only): the same network learns from image labels alone,
-multiple-instance style: the pooled defect map is supervised by "image is defective" and the
-pooled per-class maps by the image's folder; the class map becomes a coarse heatmap.
+Without ground_truth/ (or with --label-only): image labels alone, multiple-instance style,
+by default with the `cells` architecture (`triton_models.labelonly`: per-cell logits pooled by
+a smooth maximum, balanced batches, early stopping on a share of the training images); the
+same run fits the thumbnail logistic-regression baseline and reports it beside the model.
+`--arch unet-s2 --label-only` trains the U-Net from labels instead (its pooled defect map
+supervised by "image is defective", the per-class maps by the folder): the comparison.
 
 Without --eval-data, a stratified --val-fraction of the images is held out for the metrics
 (0: nothing held out, no metrics and no calibration).
@@ -40,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from triton_models import calibrate, card, evaluate, metrics, mvtec
+from triton_models import baseline, calibrate, card, evaluate, labelonly, metrics, mvtec
 from triton_models.export import export, gflops_per_image
 from triton_models.net import (
     ARCHITECTURES,
@@ -69,18 +72,6 @@ def one_cycle(progress: float, warmup: float = WARMUP) -> tuple[float, float]:
     cos_out = math.cos(math.pi * pct) + 1
     return (lr[1] + (lr[0] - lr[1]) / 2 * cos_out,
             momentum[1] + (momentum[0] - momentum[1]) / 2 * cos_out)
-
-
-def split(data: mvtec.Dataset, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (per label) train/held-out index split."""
-    rng = np.random.default_rng(seed)
-    train, held = [], []
-    for label in np.unique(data.labels):
-        idx = rng.permutation(np.flatnonzero(data.labels == label))
-        n_held = round(len(idx) * fraction)
-        held.append(idx[:n_held])
-        train.append(idx[n_held:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
 
 
 def make_batch(data: mvtec.Dataset, index: np.ndarray, crop: int,
@@ -233,15 +224,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classes", default=None,
                         help="comma-separated defect classes in output order "
                              "(default: sorted folder names of test/)")
-    parser.add_argument("--arch", choices=ARCHITECTURES, default="unet-s2")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default=None,
+                        help="default: unet-s2 with masks, cells with image labels only")
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="training time budget; the schedule ends with it (--steps is "
                              "then an upper bound)")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="default: 16 (U-Net), 32 (cells)")
     parser.add_argument("--crop", type=int, default=128,
                         help="training crop size with masks (full image without masks)")
-    parser.add_argument("--lr", type=float, default=4e-3)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate; default: 4e-3 (U-Net), 3e-3 (cells)")
+    parser.add_argument("--checkpoint-fraction", type=float, default=0.15,
+                        help="cells: share of the training images that picks the best "
+                             "checkpoint (early stopping)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--label-only", action="store_true",
@@ -260,13 +257,24 @@ def main(argv: list[str] | None = None) -> None:
         held = mvtec.load(args.eval_data, data.classes[1:], args.size)
         held_desc = str(args.eval_data)
     else:
-        train_idx, held_idx = split(data, args.val_fraction, args.seed)
+        train_idx, held_idx = mvtec.split(data, args.val_fraction, args.seed)
         train_data, held = data.subset(train_idx), data.subset(held_idx)
         held_desc = f"{args.val_fraction:.0%} of {args.data} held out (seed {args.seed})"
 
     held_items = samples_of(held, args.eval_data or args.data)
-    model, info = train(train_data, args.arch, args.steps, args.batch, args.crop, args.lr,
-                        args.seed, None if args.max_minutes is None else args.max_minutes * 60)
+    arch = args.arch or ("unet-s2" if train_data.masks is not None else "cells")
+    budget = None if args.max_minutes is None else args.max_minutes * 60
+    if arch == "cells":
+        if train_data.masks is not None:
+            parser.error("--arch cells learns from image labels only: add --label-only")
+        fit_idx, pick_idx = mvtec.split(train_data, args.checkpoint_fraction, args.seed)
+        model, info = labelonly.fit(
+            train_data.subset(fit_idx), train_data.subset(pick_idx),
+            math.inf if budget is None else budget, args.seed, args.batch or 32,
+            args.lr or 3e-3, args.steps)
+    else:
+        model, info = train(train_data, arch, args.steps, args.batch or 16, args.crop,
+                            args.lr or 4e-3, args.seed, budget)
     post = calibrate.calibrate(
         model, samples_of(train_data, args.data),
         evaluate.samples(args.calib_data) if args.calib_data else held_items,
@@ -277,6 +285,9 @@ def main(argv: list[str] | None = None) -> None:
     service: dict[str, object] = {}
     if held_items:
         result = metrics.evaluate(scripted, held)
+        if train_data.masks is None:  # the bar a label-only model must clear, same data
+            result["baseline_thumbnail_logreg"] = baseline.evaluate(train_data, held,
+                                                                    seed=args.seed)
         service = evaluate.card_figures(scripted, held_items,
                                         post["calibration"].get("recommended_thresholds"))
     wall = round(time.monotonic() - wall_start, 1)
@@ -290,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         "name": MODEL_NAME,
         **card.file_facts(model_path),
         "classes": data.classes,
-        "architecture": args.arch,
+        "architecture": arch,
         "params": sum(p.numel() for p in model.parameters()),
         "gflops_per_image": gflops_per_image(model, mvtec.TILE),
         "input": card.INPUT_CONTRACT,

@@ -1,5 +1,6 @@
-"""Label-only training (triton_models.labelonly), its baseline and the real-data fetcher, on
-tiny generated data: each test learns something or checks a layout it could get wrong."""
+"""Label-only training (triton_models.labelonly, `train --label-only`), its baseline and the
+real-data fetcher, on tiny generated data: each test learns something or checks a layout it
+could get wrong."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def test_cell_classifier_learns_labels_and_points_at_the_evidence(tmp_path: Path
     path = export(model, tmp_path / "model.pt")
     byom.smoke_test(path, 2)  # the contract, as `inspectq model install` checks it
     scripted = torch.jit.load(str(path))
-    class_map, prob, score = scripted(torch.from_numpy(held.images))
+    class_map, prob, score, _ = scripted(torch.from_numpy(held.images))
     assert auroc(score[:, 0].numpy(), held.labels > 0) > 0.9
     # The heatmap's hottest pixel lies on (or next to) the square that made the label.
     bad = np.flatnonzero(held.labels)

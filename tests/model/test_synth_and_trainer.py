@@ -77,10 +77,24 @@ def test_trainer_with_masks_and_label_only(tmp_path: Path) -> None:
     train.main([str(data), "--out", str(out), "--steps", "2", "--batch", "4",
                 "--val-fraction", "0.3"])
     info = card.read(out)
-    assert info["training"]["mode"] == "image labels only"
+    assert info["architecture"] == "cells"
+    assert info["training"]["mode"] == "image labels only: multiple-instance cell classifier"
     assert info["classes"] == ["background", "crack", "pit", "scratch", "stain"]
     assert "per_class" not in info["metrics"] and "image_auroc" in info["metrics"]
-    byom.smoke_test(out / "model.pt", 5)
+    assert "image_auroc" in info["metrics"]["baseline_thumbnail_logreg"]
+    # calibrated and with an out-of-domain score, as every model the trainer makes
+    assert info["out_of_domain"]["features"] == 16 + 32 + 64 + 96 + 96
+    assert "method" in info["calibration"]
+    assert info["service_path_metrics"]["at_default_thresholds"]["images"] > 0
+    assert [o["name"] for o in info["outputs"]][-1] == "ood_score"
+    smoke = byom.smoke_test(out / "model.pt", 5)
+    assert smoke["batch_consistency_max_abs_diff"] < 1e-3
+
+    # The cell network has no pixel output to learn masks with: a clear refusal.
+    masked = tmp_path / "masked"
+    synth.generate(masked, count=6, seed=3)
+    with pytest.raises(SystemExit):
+        train.main([str(masked), "--out", str(tmp_path / "x"), "--arch", "cells"])
 
 
 def test_reader_names_missing_layout(tmp_path: Path) -> None:
