@@ -16,7 +16,11 @@ with both). The smoothed, upsampled map becomes `defect_prob` through a logistic
 calibrated on good images set aside from the fit (`--calib-fraction`): their median maximum
 maps to 0.10 and their 99th percentile to 0.40 (the PASS threshold); `image_score` is the
 same map applied to the image's largest cell distance. `class_map` is 1 (`anomaly`) where
-`defect_prob` >= 0.5. The export takes uint8 (N,3,256,256) like every contract model.
+`defect_prob` >= 0.5. `ood_score` (the contract's optional fourth output) is the median
+over the image's cells of their descriptors' distance (not centred on the image; diagonal
+Gaussian) from the good cells', divided by the 99.5% quantile of the calibration images'
+(1.0 = the threshold): a surface unlike the good ones, while a defect on a few cells leaves
+the median alone. The export takes uint8 (N,3,256,256) like every contract model.
 
 The evaluation reports image AUROC and pixel AUROC for each defect class of the held-out set
 (its good images against that class; pixels of those images against the class's masks).
@@ -45,6 +49,8 @@ from triton_models.export import export, gflops_per_image
 CLASSES = ["background", "anomaly"]
 WIDTHS = (32, 64, 128)
 LOGIT_MEDIAN, LOGIT_P99 = math.log(0.1 / 0.9), math.log(0.4 / 0.6)
+#: ood_score 1.0: this quantile of the calibration images' out-of-domain distances.
+OOD_QUANTILE = 0.995
 
 
 class Deviation(nn.Module):
@@ -67,11 +73,17 @@ class Deviation(nn.Module):
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("whiten", torch.eye(self.dim))
         self.register_buffer("calib", torch.tensor([1.0, 0.0]))  # scale, offset of the logit
+        # out of domain: a Gaussian of the good cells' descriptors as they are (not centred
+        # on their image), and the median cell distance that is ood_score 1.0
+        self.register_buffer("raw_mean", torch.zeros(self.dim))
+        self.register_buffer("raw_whiten", torch.eye(self.dim))
+        self.register_buffer("ood_threshold", torch.tensor(1.0))
         for p in self.parameters():
             p.requires_grad_(False)
 
-    def features(self, images: Tensor) -> Tensor:
-        """Cell descriptors (N,D,H/4,W/4) of uint8 images."""
+    def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(cell descriptors minus the image's mean one, the descriptors as they are), both
+        (N,D,H/4,W/4), of uint8 images."""
         x = images.float() / 255.0
         flat = x.flatten(1)
         x = (x - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-3)
@@ -86,24 +98,30 @@ class Deviation(nn.Module):
                  stages[1], F.interpolate(stages[2], size=size, mode="bilinear",
                                           align_corners=False)]
         f = F.avg_pool2d(torch.cat(parts, 1), 3, stride=1, padding=1)
-        return f - f.mean((2, 3), keepdim=True)
+        return f - f.mean((2, 3), keepdim=True), f
 
-    def distance(self, images: Tensor) -> Tensor:
-        """Smoothed Mahalanobis distance per cell (N,1,H/4,W/4), relative to the image's
-        median cell."""
-        f = self.features(images) - self.mean.view(1, -1, 1, 1)
-        z = torch.einsum("ed,ndhw->nehw", self.whiten, f)
+    def distance(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(smoothed Mahalanobis distance per cell (N,1,H/4,W/4) relative to the image's
+        median cell, the out-of-domain distance (N,): the median over cells of the raw
+        descriptors' distance from the good cells', robust to a defect on a few cells)."""
+        centred, raw = self.features(images)
+        z = torch.einsum("ed,ndhw->nehw", self.whiten, centred - self.mean.view(1, -1, 1, 1))
         d = F.avg_pool2d(z.pow(2).mean(1, keepdim=True).sqrt(), 3, stride=1, padding=1)
-        return d / d.flatten(1).median(1).values.view(-1, 1, 1, 1).clamp_min(1e-6)
+        median = d.flatten(1).median(1).values
+        raw = raw[:, :, ::2, ::2] - self.raw_mean.view(1, -1, 1, 1)  # every 4th cell: cheap
+        scaled = torch.einsum("ed,ndhw->nehw", self.raw_whiten, raw)
+        domain = scaled.pow(2).mean(1).sqrt().flatten(1).median(1).values
+        return d / median.view(-1, 1, 1, 1).clamp_min(1e-6), domain
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        d = self.distance(images)
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        d, domain = self.distance(images)
         logit = self.calib[0] * d + self.calib[1]
         heat = torch.sigmoid(F.interpolate(logit, size=images.shape[-2:], mode="bilinear",
                                            align_corners=False))[:, 0]
         image_score = torch.sigmoid(logit.flatten(1).amax(1, keepdim=True))
         class_map = (heat >= 0.5).to(torch.uint8)
-        return class_map, heat.to(torch.float16), image_score
+        ood_score = (domain / self.ood_threshold).unsqueeze(1)
+        return class_map, heat.to(torch.float16), image_score, ood_score
 
 
 def read_rgb(path: Path, size: int = 256) -> np.ndarray:
@@ -116,33 +134,47 @@ def read_rgb(path: Path, size: int = 256) -> np.ndarray:
     return rgb.transpose(2, 0, 1)
 
 
+def whitening(second_moment: Tensor, mean: Tensor, shrink: float) -> Tensor:
+    """W with W @ W.T = the inverse of the (shrunk) covariance: |W.T (f - mean)|^2 is the
+    squared Mahalanobis distance."""
+    cov = second_moment - torch.outer(mean, mean)
+    cov += shrink * cov.diagonal().mean() * torch.eye(len(mean), dtype=cov.dtype)
+    return torch.linalg.cholesky(torch.linalg.inv(cov)).T.float()
+
+
 @torch.inference_mode()
 def fit(model: Deviation, good: np.ndarray, calib: np.ndarray, batch: int = 16,
         shrink: float = 0.01) -> dict[str, object]:
     """Gaussian of the cells of `good` (uint8 N,3,S,S); logistic map from `calib`."""
     n, total, outer = 0, torch.zeros(model.dim, dtype=torch.float64), None
+    raw_sum = torch.zeros(model.dim, dtype=torch.float64)
+    raw_outer = torch.zeros(model.dim, model.dim, dtype=torch.float64)
     for i in range(0, len(good), batch):
-        f = model.features(torch.from_numpy(good[i : i + batch]))
+        f, raw = model.features(torch.from_numpy(good[i : i + batch]))
+        raw = raw.permute(0, 2, 3, 1).reshape(-1, model.dim).double()
+        raw_sum += raw.sum(0)
+        raw_outer += raw.T @ raw
         f = f.permute(0, 2, 3, 1).reshape(-1, model.dim).double()
         n += len(f)
         total += f.sum(0)
         outer = f.T @ f if outer is None else outer + f.T @ f
     assert outer is not None
-    mean = total / n
-    cov = outer / n - torch.outer(mean, mean)
-    cov += shrink * cov.diagonal().mean() * torch.eye(model.dim, dtype=torch.float64)
-    # whiten @ whiten.T = inverse covariance: |whiten.T (f - mean)|^2 is the Mahalanobis d^2
-    whiten = torch.linalg.cholesky(torch.linalg.inv(cov)).T
-    model.mean.copy_(mean.float())
-    model.whiten.copy_(whiten.float())
-    maxima = np.concatenate([model.distance(torch.from_numpy(calib[i : i + batch]))
-                             .flatten(1).amax(1).numpy() for i in range(0, len(calib), batch)])
+    model.mean.copy_((total / n).float())
+    model.whiten.copy_(whitening(outer / n, total / n, shrink))
+    model.raw_mean.copy_((raw_sum / n).float())
+    model.raw_whiten.copy_(whitening(raw_outer / n, raw_sum / n, shrink))
+    distances = [model.distance(torch.from_numpy(calib[i : i + batch]))
+                 for i in range(0, len(calib), batch)]
+    maxima = np.concatenate([d.flatten(1).amax(1).numpy() for d, _ in distances])
+    domains = np.concatenate([domain.numpy() for _, domain in distances])
+    model.ood_threshold.fill_(float(np.quantile(domains, OOD_QUANTILE)))
     p50, p99 = np.quantile(maxima, [0.5, 0.99])
     scale = (LOGIT_P99 - LOGIT_MEDIAN) / max(float(p99 - p50), 1e-6)
     model.calib.copy_(torch.tensor([scale, LOGIT_MEDIAN - scale * float(p50)]))
     return {"cells": n, "descriptor_dims": model.dim,
             "calibration_good_max_distance_p50_p99": [round(float(p50), 4),
-                                                      round(float(p99), 4)]}
+                                                      round(float(p99), 4)],
+            "ood_threshold_median_cell_distance": round(float(model.ood_threshold), 4)}
 
 
 def pixel_auroc(prob: np.ndarray, truth: np.ndarray, bins: int = 4096) -> float:
@@ -161,7 +193,7 @@ def evaluate(model: nn.Module, held: mvtec.Dataset, batch: int = 16) -> dict[str
     """Image AUROC (contract image_score) and pixel AUROC (defect_prob) per defect class."""
     probs, scores = [], []
     for i in range(0, len(held.images), batch):
-        _, prob, score = model(torch.from_numpy(held.images[i : i + batch]))
+        _, prob, score, _ = model(torch.from_numpy(held.images[i : i + batch]))
         probs.append(prob.float().numpy())
         scores.append(score[:, 0].numpy())
     prob, score = np.concatenate(probs), np.concatenate(scores)
@@ -224,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         "params": sum(b.numel() for b in model.state_dict().values()),
         "gflops_per_image": gflops_per_image(model),
         "input": card.INPUT_CONTRACT,
-        "outputs": card.OUTPUT_CONTRACT,
+        "outputs": [*card.OUTPUT_CONTRACT, card.OOD_OUTPUT],
         "training": {
             "command": "python -m triton_models.goodonly " + shlex.join(
                 sys.argv[1:] if argv is None else argv),

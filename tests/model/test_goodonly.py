@@ -52,8 +52,17 @@ def test_deviation_learns_good_surfaces_and_finds_spots(tmp_path: Path) -> None:
     spot = result["per_defect_class"]["spot"]  # type: ignore[index]
     assert spot["image_auroc"] > 0.95 and spot["pixel_auroc"] > 0.9
     # calibrated on good images: a typical good tile PASSes, a spotted one does not
-    _, _, score = torch.jit.load(str(path))(torch.from_numpy(np.concatenate([good, bad])))
+    _, _, score, ood = torch.jit.load(str(path))(torch.from_numpy(np.concatenate([good, bad])))
     assert float(score[:12].median()) < 0.4 < float(score[12:].median())
+    # a spot on a few cells leaves the surface in domain (the threshold is the largest of 12
+    # calibration images', so about 1 in 13 good ones lands above it); foreign ones are not
+    assert int((ood > 1.0).sum()) <= 2
+    yy, xx = np.mgrid[0:256, 0:256]
+    foreign = np.stack([(((yy // 8 + xx // 8) % 2) * 200 + 20),  # a checkerboard
+                        np.random.default_rng(5).integers(0, 256, (256, 256)),  # white noise
+                        128 + 100 * np.sin(np.hypot(yy - 128, xx - 128) / 2)])  # rings
+    foreign = np.repeat(foreign.astype(np.uint8)[:, None], 3, 1)
+    assert float(torch.jit.load(str(path))(torch.from_numpy(foreign))[3].min()) > 1.0
 
 
 def test_pixel_auroc_matches_the_rank_statistic() -> None:
