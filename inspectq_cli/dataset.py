@@ -60,7 +60,7 @@ def export(tenant: str, since: datetime | None, line: str | None,
     \b
     Example:
       inspectq dataset export --since 2026-11-01 --verdict all --out var/dataset
-      python -m triton_models.train --data var/dataset ...
+      .venv-model/bin/python -m triton_models.train var/dataset --out var/runs/mine/1
     """
     if out.exists() and any(out.iterdir()):
         raise click.UsageError(f"{out} is not empty")

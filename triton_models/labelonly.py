@@ -11,9 +11,10 @@ is a labelled negative. The same cell logits, upsampled, are the `defect_prob` h
 
 Training: every batch is half good, half defective (class balancing); label-preserving
 augmentation (flips, shifts of up to 16 px, one brightness and contrast change for all
-channels, so grayscale stays gray); AdamW with a cosine schedule over the time budget (the
-schedule ends when the budget does); a stratified share of the training images picks the
-best checkpoint by image AUROC (early stopping).
+channels, so grayscale stays gray); an image larger than the 256 px tile is trained on as
+the service scores it, one native-scale tile at a time (a random window); AdamW with a
+cosine schedule over the time budget (the schedule ends when the budget does); a stratified
+share of the training images picks the best checkpoint by image AUROC (early stopping).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from inspectq.imaging import make_model_input
 from triton_models import metrics, mvtec
+from triton_models.evaluate import TILE_SIZE, TILE_STRIDE
 from triton_models.net import CELL_SHARPNESS, CellNet, InspectqSeg
 
 #: Per-step decay of the weights' moving average (a horizon of about 200 steps), reached
@@ -42,19 +45,24 @@ def ema(averaged: Tensor, current: Tensor, count: Tensor | int) -> Tensor:
     return decay * averaged + (1 - decay) * current
 
 
-def build(num_classes: int) -> InspectqSeg:
+def build(num_classes: int, input_pool: int = 2) -> InspectqSeg:
     """The label-only model: `CellNet` cells pooled by a smooth maximum into the score."""
-    return InspectqSeg(CellNet(num_classes), CELL_SHARPNESS)
+    return InspectqSeg(CellNet(num_classes, input_pool=input_pool), CELL_SHARPNESS)
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, shift: int = 16) -> Tensor:
-    """Label-preserving augmentation of uint8 (B,3,S,S): flips, shifts, brightness."""
-    out = np.empty_like(images)
-    size = images.shape[-1]
+def augment(images: np.ndarray, rng: np.random.Generator, shift: int = 16,
+            tile: int = mvtec.TILE) -> Tensor:
+    """Label-preserving augmentation of uint8 (B,3,H,W): flips, shifts, brightness. An image
+    larger than the service's tile is seen as the service scores it, a `tile` px window at
+    native scale (a random one; the service takes the max over all of them)."""
+    height, width = images.shape[-2:]
+    crop_h, crop_w = min(height, tile), min(width, tile)
+    out = np.empty((len(images), images.shape[1], crop_h, crop_w), np.uint8)
     for j, image in enumerate(images):
         padded = np.pad(image, ((0, 0), (shift, shift), (shift, shift)), mode="reflect")
-        y0, x0 = rng.integers(0, 2 * shift + 1, size=2)
-        image = padded[:, y0 : y0 + size, x0 : x0 + size]
+        y0 = rng.integers(0, height + 2 * shift - crop_h + 1)
+        x0 = rng.integers(0, width + 2 * shift - crop_w + 1)
+        image = padded[:, y0 : y0 + crop_h, x0 : x0 + crop_w]
         image = image[:, :, ::-1] if rng.integers(2) else image
         image = image[:, ::-1] if rng.integers(2) else image
         gain, offset = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
@@ -76,15 +84,21 @@ def loss_fn(model: InspectqSeg, images: Tensor, labels: Tensor, num_classes: int
 
 @torch.inference_mode()
 def scores(model: nn.Module, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Image scores as the service computes them: the max over each image's tiles (images
+    loaded at the service's scale, `mvtec.load(size=None)`)."""
     model.eval()
-    out = [model(torch.from_numpy(images[i : i + batch]))[2][:, 0].numpy()
-           for i in range(0, len(images), batch)]
-    return np.concatenate(out)
+    tiles = [make_model_input(np.ascontiguousarray(image.transpose(1, 2, 0)), TILE_SIZE,
+                              TILE_STRIDE).tiles for image in images]
+    flat = np.concatenate(tiles)
+    tile_scores = np.concatenate([model(torch.from_numpy(flat[i : i + batch]))[2][:, 0].numpy()
+                                  for i in range(0, len(flat), batch)])
+    ends = np.cumsum([len(t) for t in tiles])
+    return np.array([part.max() for part in np.split(tile_scores, ends[:-1])])
 
 
 def fit(data: mvtec.Dataset, val: mvtec.Dataset, max_seconds: float, seed: int,
         batch: int = 32, lr: float = 3e-3, max_steps: int | None = None,
-        eval_every: int = 100) -> tuple[InspectqSeg, dict[str, object]]:
+        eval_every: int = 100, input_pool: int = 2) -> tuple[InspectqSeg, dict[str, object]]:
     """Train until max_seconds (or max_steps); keep the checkpoint best on `val`.
 
     The checkpoints are of an exponential moving average of the weights (decay `EMA_DECAY`,
@@ -93,7 +107,7 @@ def fit(data: mvtec.Dataset, val: mvtec.Dataset, max_seconds: float, seed: int,
     step about 10-20% cheaper; the model is returned in the default layout."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build(len(data.classes)).to(memory_format=torch.channels_last)
+    model = build(len(data.classes), input_pool).to(memory_format=torch.channels_last)
     average = AveragedModel(model, avg_fn=ema, use_buffers=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     good, bad = np.flatnonzero(data.labels == 0), np.flatnonzero(data.labels > 0)
@@ -105,7 +119,7 @@ def fit(data: mvtec.Dataset, val: mvtec.Dataset, max_seconds: float, seed: int,
         val_auroc = metrics.auroc(scores(average.module, val.images), val.labels > 0)
         history.append([step, round(time.monotonic() - start), round(val_auroc, 4)])
         bar.set_postfix(val_auroc=f"{val_auroc:.4f}")
-        if val_auroc > best[0]:
+        if val_auroc >= best[0]:  # a tie: the later, longer-trained weights
             best = (val_auroc, step, copy.deepcopy(average.module.state_dict()))
 
     bar = tqdm(total=max_steps, desc="train cells", unit="step")

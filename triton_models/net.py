@@ -124,9 +124,11 @@ class CellNet(nn.Module):
     pools the cells into the image score and upsamples them into the heatmap. Features for
     the out-of-domain score: every stage's spatial mean (sum(widths) + the last width)."""
 
-    def __init__(self, num_classes: int, widths: tuple[int, ...] = CELL_WIDTHS) -> None:
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = CELL_WIDTHS,
+                 input_pool: int = 2) -> None:
         super().__init__()
-        stages: list[nn.Module] = [conv_bn_relu(6, widths[0])]
+        self.input_pool = input_pool
+        stages: list[nn.Module] = [conv_bn_relu(9, widths[0])]
         for a, b in pairwise(widths):
             stages.append(nn.Sequential(nn.MaxPool2d(2), conv_bn_relu(a, b)))
         stages.append(conv_bn_relu(widths[-1], widths[-1]))
@@ -139,7 +141,8 @@ class CellNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(cell logits (N,C,H/16,W/16) with background 0, pooled features (N, D))."""
-        y = torch.cat([F.avg_pool2d(x, 2), -F.max_pool2d(-x, 2)], 1)
+        p = self.input_pool
+        y = torch.cat([F.avg_pool2d(x, p), -F.max_pool2d(-x, p), F.max_pool2d(x, p)], 1)
         pooled = []
         for stage in self.stages:
             y = stage(y)
@@ -152,6 +155,8 @@ class CellNet(nn.Module):
 def build_backbone(arch: str, num_classes: int) -> nn.Module:
     if arch == "cells":
         return CellNet(num_classes)
+    if arch == "cells-coarse":
+        return CellNet(num_classes, input_pool=4)
     if arch == "unet-s2":
         return UNet(num_classes, stem_stride=2)
     if arch == "unet-full":
@@ -161,7 +166,7 @@ def build_backbone(arch: str, num_classes: int) -> nn.Module:
     raise ValueError(f"unknown architecture {arch!r}")
 
 
-ARCHITECTURES = ("unet-s2", "unet-full", "cells", "lraspp")
+ARCHITECTURES = ("unet-s2", "unet-full", "cells", "cells-coarse", "lraspp")
 
 
 def smooth_max(z: Tensor, sharpness: float) -> Tensor:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from triton_models import baseline, byom, labelonly, mvtec, realdata
@@ -33,13 +34,15 @@ def toy(count: int, seed: int) -> tuple[mvtec.Dataset, np.ndarray]:
                          [f"{i}.png" for i in range(count)]), centres
 
 
-def test_cell_classifier_learns_labels_and_points_at_the_evidence(tmp_path: Path) -> None:
+@pytest.mark.parametrize("input_pool", [2, 4], ids=["cells", "cells-coarse"])
+def test_cell_classifier_learns_labels_and_points_at_the_evidence(
+        tmp_path: Path, input_pool: int) -> None:
     torch.manual_seed(0)
     train, _ = toy(48, 0)
     val, _ = toy(16, 1)
     held, centres = toy(32, 2)
     model, info = labelonly.fit(train, val, max_seconds=600, seed=0, batch=16, max_steps=40,
-                                eval_every=20)
+                                eval_every=20, input_pool=input_pool)
     assert info["steps"] == 40 and info["best_step"] in (20, 40)
     path = export(model, tmp_path / "model.pt")
     byom.smoke_test(path, 2)  # the contract, as `inspectq model install` checks it
@@ -53,6 +56,17 @@ def test_cell_classifier_learns_labels_and_points_at_the_evidence(tmp_path: Path
             for i, (py, px) in zip(bad, peaks, strict=True)]
     assert np.mean(near) >= 0.8
     assert class_map.dtype == torch.uint8 and int(class_map.max()) <= 1
+
+
+def test_augmentation_trains_on_the_tiles_the_service_scores() -> None:
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (2, 3, 300, 400), dtype=np.uint8)
+    assert labelonly.augment(big, rng).shape == (2, 3, 256, 256)  # one native-scale tile
+    small = rng.integers(0, 256, (2, 3, 256, 256), dtype=np.uint8)
+    assert labelonly.augment(small, rng).shape == (2, 3, 256, 256)
+    grey = np.repeat(rng.integers(0, 256, (1, 1, 256, 256), dtype=np.uint8), 3, 1)
+    out = labelonly.augment(grey, rng).numpy()
+    assert (out[:, 0] == out[:, 1]).all() and (out[:, 1] == out[:, 2]).all()  # stays grey
 
 
 def test_baseline_separates_what_a_thumbnail_shows() -> None:
