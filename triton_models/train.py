@@ -7,9 +7,10 @@ write the model card.
 With ground_truth/ masks: multi-class segmentation (cross-entropy + Dice on pixels) plus the
 image score (binary cross-entropy of the pooled defect map against "crop holds a defect").
 Without ground_truth/ (or with --label-only): image labels alone, multiple-instance style,
-by default with the `cells` architecture (`triton_models.labelonly`: per-cell logits pooled by
-a smooth maximum, balanced batches, early stopping on a share of the training images); the
-same run fits the thumbnail logistic-regression baseline and reports it beside the model.
+by default with the `cells-coarse` architecture (`triton_models.labelonly`: per-cell logits
+pooled by a smooth maximum, balanced batches, early stopping on a share of the training
+images, trained on the service's tiles); the same run fits the thumbnail logistic-regression
+baseline and reports it beside the model.
 `--arch unet-s2 --label-only` trains the U-Net from labels instead (its pooled defect map
 supervised by "image is defective", the per-class maps by the folder): the comparison.
 
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated defect classes in output order "
                              "(default: sorted folder names of test/)")
     parser.add_argument("--arch", choices=ARCHITECTURES, default=None,
-                        help="default: unet-s2 with masks, cells with image labels only")
+                        help="default: unet-s2 with masks, cells-coarse with image labels only")
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="training time budget; the schedule ends with it (--steps is "
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         held_desc = f"{args.val_fraction:.0%} of {args.data} held out (seed {args.seed})"
 
     held_items = samples_of(held, args.eval_data or args.data)
-    arch = args.arch or ("unet-s2" if train_data.masks is not None else "cells")
+    arch = args.arch or ("unet-s2" if train_data.masks is not None else "cells-coarse")
     cells = {"cells": 2, "cells-coarse": 4}  # CellNet's input pooling
     budget = None if args.max_minutes is None else args.max_minutes * 60
     if arch in cells:

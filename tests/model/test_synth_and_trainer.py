@@ -77,13 +77,13 @@ def test_trainer_with_masks_and_label_only(tmp_path: Path) -> None:
     train.main([str(data), "--out", str(out), "--steps", "2", "--batch", "4",
                 "--val-fraction", "0.3"])
     info = card.read(out)
-    assert info["architecture"] == "cells"
+    assert info["architecture"] == "cells-coarse"
     assert info["training"]["mode"] == "image labels only: multiple-instance cell classifier"
     assert info["classes"] == ["background", "crack", "pit", "scratch", "stain"]
     assert "per_class" not in info["metrics"] and "image_auroc" in info["metrics"]
     assert "image_auroc" in info["metrics"]["baseline_thumbnail_logreg"]
     # calibrated and with an out-of-domain score, as every model the trainer makes
-    assert info["out_of_domain"]["features"] == 16 + 32 + 64 + 96 + 96
+    assert info["out_of_domain"]["features"] == 16 + 32 + 64 + 96 + 96  # CellNet's stages
     assert "method" in info["calibration"]
     assert info["service_path_metrics"]["at_default_thresholds"]["images"] > 0
     assert [o["name"] for o in info["outputs"]][-1] == "ood_score"
