@@ -4,6 +4,7 @@ statuses a test scripts (``fail_next``), can be stopped and started again on its
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,6 +24,8 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     #: Statuses to answer next, in order (then 200).
     fail_next: list[int] = field(default_factory=list)
+    #: Called as each request arrives, before it is answered (a test's fault injection).
+    on_request: Callable[[], None] | None = None
     attempts: int = 0
     _server: ThreadingHTTPServer | None = None
 
@@ -37,6 +40,8 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 receiver.attempts += 1
+                if receiver.on_request is not None:
+                    receiver.on_request()
                 status = receiver.fail_next.pop(0) if receiver.fail_next else 200
                 if status == 200:
                     receiver.received.append(Received(self.path, dict(self.headers), body))

@@ -23,6 +23,7 @@ import logging
 import random
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import requests
 
@@ -55,9 +56,18 @@ class CallbackSender:
         self.secrets = SigningSecrets(settings)
         self.session = requests.Session()
         self.delivered = 0
+        #: Outcomes of attempts made while the index was unreachable, oldest first: written
+        #: before anything new is claimed, so a database blip after a POST delays the
+        #: delivery's next try by the blip, not by the claim's lease (LEASE_S).
+        self.unrecorded: list[tuple[str, dict[str, Any]]] = []
 
     def send_due(self) -> int:
-        """Attempt every due delivery claimed in one round; returns how many were tried."""
+        """Attempt every due delivery claimed in one round; returns how many were tried.
+        Raises IndexUnavailable while the index is down."""
+        while self.unrecorded:
+            delivery_id, outcome = self.unrecorded[0]
+            self.outbox.record_attempt(delivery_id, **outcome)
+            self.unrecorded.pop(0)
         claimed = self.outbox.claim_due(CLAIM_BATCH, LEASE_S)
         for delivery in claimed:
             self._attempt(delivery)
@@ -82,15 +92,15 @@ class CallbackSender:
                     "User-Agent": "inspectq-callbacks/1"})
             status = response.status_code
             if 200 <= status < 300:
-                self.outbox.record_attempt(delivery.id, status=status, error=None,
-                                           delivered=True, retry_at=None)
+                self._record(delivery.id, status=status, error=None, delivered=True,
+                             retry_at=None)
                 self.delivered += 1
                 return
             error = f"HTTP {status}"
         except (_Permanent, CallbackUrlError) as problem:
             log.warning("callback %s to %s abandoned: %s", delivery.id, delivery.url, problem)
-            self.outbox.record_attempt(delivery.id, status=None, error=str(problem),
-                                       delivered=False, retry_at=None)
+            self._record(delivery.id, status=None, error=str(problem), delivered=False,
+                         retry_at=None)
             return
         except requests.RequestException as problem:
             error = type(problem).__name__
@@ -100,8 +110,14 @@ class CallbackSender:
             retry_at = None
         log.info("callback %s to %s: %s; %s", delivery.id, delivery.url, error,
                  "retrying" if retry_at else "giving up")
-        self.outbox.record_attempt(delivery.id, status=status, error=error, delivered=False,
-                                   retry_at=retry_at)
+        self._record(delivery.id, status=status, error=error, delivered=False,
+                     retry_at=retry_at)
+
+    def _record(self, delivery_id: str, **outcome: Any) -> None:
+        try:
+            self.outbox.record_attempt(delivery_id, **outcome)
+        except IndexUnavailable:
+            self.unrecorded.append((delivery_id, outcome))
 
     def run(self, stop: threading.Event) -> None:
         """Deliver until ``stop`` is set; a database outage only delays deliveries."""

@@ -13,16 +13,19 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from sqlalchemy.engine import make_url
 
 from api.apikeys import add_key, new_signing_secret
+from inspectq.index import IndexUnavailable
 from inspectq.result import InspectionResult
 from inspectq.signing import SIGNATURE_HEADER, verify
 from tests.api.conftest import AUTH, image_bytes, services_of, submit
 from tests.api.test_results import index_all
 from tests.api.test_status import RESULT
-from tests.conftest import empty_index, settings_env
+from tests.conftest import empty_index, free_port, settings_env
 from tests.receiver import Receiver
-from workers.callbacks import CallbackSender
+from tests.tcp_proxy import TcpProxy
+from workers.callbacks import LEASE_S, CallbackSender
 
 
 @pytest.fixture
@@ -88,6 +91,41 @@ def test_a_receiver_that_is_down_still_gets_it_once(app: Flask) -> None:
     [entry] = sender.outbox.of_job("default", job_id)
     assert entry["state"] == "delivered" and entry["attempts"] >= 3
     receiver.stop()
+
+
+def test_a_database_blip_after_a_post_delays_the_retry_by_the_blip_not_the_lease(
+        make_app, database_url: str) -> None:
+    """The index goes away while a delivery is being POSTed (the receiver cuts it as the
+    request arrives, then answers 503): the outcome waits in the sender, is written once the
+    database is back, and the retry follows its backoff, not the claim's 120 s lease."""
+    empty_index(database_url)
+    proxy = TcpProxy(("127.0.0.1", make_url(database_url).port or 5432), free_port())
+    proxy.restore()
+    through = make_url(database_url).set(port=proxy.port).render_as_string(hide_password=False)
+    app = make_app(callback_allow_private=True, database_url=through)
+    receiver = Receiver(fail_next=[503], on_request=proxy.cut).start()
+    try:
+        job_id = submit(app.test_client(), image_bytes(), line="CB4",
+                        callback_url=receiver.url).json["id"]
+        end_job(app, job_id)
+        sender = CallbackSender(services_of(app))
+        assert sender.send_due() == 1  # claimed, POSTed (503), its outcome not written
+        assert len(sender.unrecorded) == 1
+        with pytest.raises(IndexUnavailable):
+            sender.send_due()  # still down: nothing new is claimed
+        proxy.restore()
+        receiver.on_request = None
+        deadline = time.monotonic() + LEASE_S / 4
+        while not receiver.received:  # the same sender: it holds the unwritten outcome
+            assert time.monotonic() < deadline, "waited for the lease"
+            if sender.send_due() == 0:
+                time.sleep(0.2)
+        [entry] = sender.outbox.of_job("default", job_id)
+        assert entry["state"] == "delivered" and entry["attempts"] == 2
+        assert len(receiver.received) == 1 and not sender.unrecorded
+    finally:
+        receiver.stop()
+        proxy.cut()
 
 
 def test_subscriptions_follow_a_tenant_and_line_signed_with_its_secret(
