@@ -115,11 +115,13 @@ class LRASPP(nn.Module):
 
 
 class CellNet(nn.Module):
-    """The label-only backbone: class logits per 16x16-pixel cell, not per pixel (0.175
-    GFLOPs per 256 px tile against the U-Net's 1.34). The input is halved by the mean and
-    the minimum of each 2x2 block (a dark one-pixel crack survives), then four 3x3 conv
-    stages with max-pooling between them (a thin line's response is kept where a strided
-    convolution could step over it) and a 1x1 head per cell. The background logit is fixed
+    """The label-only backbone: class logits per cell, not per pixel. The input is pooled
+    by the mean, the minimum and the maximum of each `input_pool` x `input_pool` block (a
+    one-pixel crack, dark or bright, survives), then four 3x3 conv stages with max-pooling
+    between them (a thin line's response is kept where a strided convolution could step
+    over it) and a 1x1 head per cell: 16 px cells and 0.175 GFLOPs per 256 px tile with
+    `input_pool` 2 (`cells`), 32 px cells and 0.047 with 4 (`cells-coarse`), against the
+    U-Net's 1.34. The background logit is fixed
     at 0, so a cell's defect logits are its evidence against a good surface; `InspectqSeg`
     pools the cells into the image score and upsamples them into the heatmap. Features for
     the out-of-domain score: every stage's spatial mean (sum(widths) + the last width)."""
