@@ -119,7 +119,7 @@ class CellNet(nn.Module):
     by the mean, the minimum and the maximum of each `input_pool` x `input_pool` block (a
     one-pixel crack, dark or bright, survives), then four 3x3 conv stages with max-pooling
     between them (a thin line's response is kept where a strided convolution could step
-    over it) and a 1x1 head per cell: 16 px cells and 0.175 GFLOPs per 256 px tile with
+    over it) and a 1x1 head per cell: 16 px cells and 0.189 GFLOPs per 256 px tile with
     `input_pool` 2 (`cells`), 32 px cells and 0.047 with 4 (`cells-coarse`), against the
     U-Net's 1.34. The background logit is fixed
     at 0, so a cell's defect logits are its evidence against a good surface; `InspectqSeg`
