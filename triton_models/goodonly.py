@@ -17,8 +17,8 @@ calibrated on good images set aside from the fit (`--calib-fraction`): their med
 maps to 0.10 and their 99th percentile to 0.40 (the PASS threshold); `image_score` is the
 same map applied to the image's largest cell distance. `class_map` is 1 (`anomaly`) where
 `defect_prob` >= 0.5. `ood_score` (the contract's optional fourth output) is the median
-over the image's cells of their descriptors' distance (not centred on the image; diagonal
-Gaussian) from the good cells', divided by the 99.5% quantile of the calibration images'
+over the image's cells (every 4th) of their descriptors' Mahalanobis distance, not centred
+on the image, from the good cells', divided by the 99.5% quantile of the calibration images'
 (1.0 = the threshold): a surface unlike the good ones, while a defect on a few cells leaves
 the median alone. The export takes uint8 (N,3,256,256) like every contract model.
 

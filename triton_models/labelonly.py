@@ -4,10 +4,11 @@ masks) whose heatmap shows where its evidence is. `python -m triton_models.train
 fits the out-of-domain statistics and writes the card as for every model.
 
 The network is `CellNet` (`triton_models/net.py`), a small convolutional encoder that scores
-16x16-pixel cells, inside the deployable `InspectqSeg`. The image is a bag of cells
-(multiple-instance learning): its defect logit is a smooth maximum of the cell logits, so the
-label's gradient reaches the cells that carry the evidence, and every cell of a good image
-is a labelled negative. The same cell logits, upsampled, are the `defect_prob` heatmap.
+cells of 32 (`cells-coarse`, the default) or 16 pixels (`cells`), inside the deployable
+`InspectqSeg`. The image is a bag of cells (multiple-instance learning): its defect logit is
+a smooth maximum of the cell logits, so the label's gradient reaches the cells that carry
+the evidence, and every cell of a good image is a labelled negative. The same cell logits,
+upsampled, are the `defect_prob` heatmap.
 
 Training: every batch is half good, half defective (class balancing); label-preserving
 augmentation (flips, shifts of up to 16 px, one brightness and contrast change for all
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from inspectq.imaging import make_model_input
+from inspectq.imaging import image_score, make_model_input
 from triton_models import metrics, mvtec
 from triton_models.evaluate import TILE_SIZE, TILE_STRIDE
 from triton_models.net import CELL_SHARPNESS, CellNet, InspectqSeg
@@ -93,7 +94,7 @@ def scores(model: nn.Module, images: np.ndarray, batch: int = 32) -> np.ndarray:
     tile_scores = np.concatenate([model(torch.from_numpy(flat[i : i + batch]))[2][:, 0].numpy()
                                   for i in range(0, len(flat), batch)])
     ends = np.cumsum([len(t) for t in tiles])
-    return np.array([part.max() for part in np.split(tile_scores, ends[:-1])])
+    return np.array([image_score(part) for part in np.split(tile_scores, ends[:-1])])
 
 
 def fit(data: mvtec.Dataset, val: mvtec.Dataset, max_seconds: float, seed: int,

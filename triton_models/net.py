@@ -36,6 +36,8 @@ LABEL_ONLY_CELL = 8
 #: CellNet's stage widths and the sharpness of its smooth maximum over cells.
 CELL_WIDTHS = (16, 32, 64, 96)
 CELL_SHARPNESS = 4.0
+#: The label-only architectures: CellNet's input pooling (cells of 8 x that many pixels).
+CELL_INPUT_POOL = {"cells": 2, "cells-coarse": 4}
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 
@@ -142,7 +144,8 @@ class CellNet(nn.Module):
         return self.forward_features(x)[0]
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(cell logits (N,C,H/16,W/16) with background 0, pooled features (N, D))."""
+        """(cell logits (N,C,h,w) with background 0, one per 8 * input_pool pixels,
+        pooled features (N, D))."""
         p = self.input_pool
         y = torch.cat([F.avg_pool2d(x, p), -F.max_pool2d(-x, p), F.max_pool2d(x, p)], 1)
         pooled = []
@@ -155,10 +158,8 @@ class CellNet(nn.Module):
 
 
 def build_backbone(arch: str, num_classes: int) -> nn.Module:
-    if arch == "cells":
-        return CellNet(num_classes)
-    if arch == "cells-coarse":
-        return CellNet(num_classes, input_pool=4)
+    if arch in CELL_INPUT_POOL:
+        return CellNet(num_classes, input_pool=CELL_INPUT_POOL[arch])
     if arch == "unet-s2":
         return UNet(num_classes, stem_stride=2)
     if arch == "unet-full":

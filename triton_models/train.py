@@ -48,6 +48,7 @@ from triton_models import baseline, calibrate, card, evaluate, labelonly, metric
 from triton_models.export import export, gflops_per_image
 from triton_models.net import (
     ARCHITECTURES,
+    CELL_INPUT_POOL,
     LABEL_ONLY_CELL,
     LABEL_ONLY_SHARPNESS,
     POOL_SHARPNESS,
@@ -264,16 +265,15 @@ def main(argv: list[str] | None = None) -> None:
 
     held_items = samples_of(held, args.eval_data or args.data)
     arch = args.arch or ("unet-s2" if train_data.masks is not None else "cells-coarse")
-    cells = {"cells": 2, "cells-coarse": 4}  # CellNet's input pooling
     budget = None if args.max_minutes is None else args.max_minutes * 60
-    if arch in cells:
+    if arch in CELL_INPUT_POOL:
         if train_data.masks is not None:
             parser.error(f"--arch {arch} learns from image labels only: add --label-only")
         fit_idx, pick_idx = mvtec.split(train_data, args.checkpoint_fraction, args.seed)
         model, info = labelonly.fit(
             train_data.subset(fit_idx), train_data.subset(pick_idx),
             math.inf if budget is None else budget, args.seed, args.batch or 32,
-            args.lr or 3e-3, args.steps, input_pool=cells[arch])
+            args.lr or 3e-3, args.steps, input_pool=CELL_INPUT_POOL[arch])
     else:
         model, info = train(train_data, arch, args.steps, args.batch or 16, args.crop,
                             args.lr or 4e-3, args.seed, budget)
