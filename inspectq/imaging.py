@@ -26,6 +26,13 @@ all workers batch together in Triton. How an image becomes tiles:
   covered and no tile reads past the image. A side shorter than a tile (e.g. 200 x 1600) is
   first padded by mirroring up to ``tile_size``; the padding is cropped off after stitching.
 
+Outputs are stitched back (:func:`stitch`) where tiles overlap by two rules:
+
+* ``defect_prob`` is the **mean** over the tiles covering the pixel (smooths tile seams);
+* ``class_map`` is the class of the covering tile that is **most sure** the pixel is
+  defective (highest ``defect_prob``), so a defect seen well by one tile is not erased by a
+  neighbour that sees it only at its border.
+
 The image score is the **max** over tiles of ``image_score``: a part is as bad as its worst
 tile, and a defect shown whole by one tile is not diluted by the clean tiles around it.
 """
@@ -133,3 +140,31 @@ def make_model_input(image: np.ndarray, tile: int, stride: int) -> ModelInput:
 def image_score(tile_scores: np.ndarray) -> float:
     """The image's defect score: the max over its tiles (see the module docstring)."""
     return float(np.max(tile_scores))
+
+
+def stitch(
+    layout: ModelInput, class_maps: np.ndarray, defect_probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Full-image ``(class_map uint8, defect_prob float32)``, both ``(height, width)``."""
+    if layout.resized:
+        size = (layout.width, layout.height)
+        class_map = cv2.resize(class_maps[0], size, interpolation=cv2.INTER_NEAREST)
+        prob = cv2.resize(defect_probs[0].astype(np.float32), size,
+                          interpolation=cv2.INTER_LINEAR)
+        return class_map, prob
+    tile = class_maps.shape[1]
+    prob_sum = np.zeros(layout.padded_shape, np.float32)
+    count = np.zeros(layout.padded_shape, np.float32)
+    best_prob = np.full(layout.padded_shape, -1.0, np.float32)
+    class_map = np.zeros(layout.padded_shape, np.uint8)
+    for (y, x), tile_classes, tile_prob in zip(
+        layout.origins, class_maps, defect_probs, strict=True
+    ):
+        window = (slice(y, y + tile), slice(x, x + tile))
+        prob_sum[window] += tile_prob
+        count[window] += 1
+        better = tile_prob > best_prob[window]
+        best_prob[window] = np.where(better, tile_prob, best_prob[window])
+        class_map[window] = np.where(better, tile_classes, class_map[window])
+    crop = (slice(0, layout.height), slice(0, layout.width))
+    return class_map[crop], (prob_sum / count)[crop]

@@ -59,7 +59,7 @@ def tile_logits_and_features(model: InspectqSeg, items: list[Sample]
     logits: list[float] = []
     features: list[np.ndarray] = []
     for tiles, owners, _ in evaluate.tile_batches(items):
-        tile_logits, tile_features = model.backbone.forward_features(
+        tile_logits, tile_features = model.logits_and_features(
             model.normalize(torch.from_numpy(tiles)))
         image_logit = model.pool(tile_logits)[0].numpy()
         owner = np.array(owners)

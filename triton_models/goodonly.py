@@ -16,14 +16,28 @@ with both). The smoothed, upsampled map becomes `defect_prob` through a logistic
 calibrated on good images set aside from the fit (`--calib-fraction`): their median maximum
 maps to 0.10 and their 99th percentile to 0.40 (the PASS threshold); `image_score` is the
 same map applied to the image's largest cell distance. `class_map` is 1 (`anomaly`) where
-`defect_prob` >= 0.5. `ood_score` (the contract's optional fourth output) is the median
-over the image's cells (every 4th) of their descriptors' Mahalanobis distance, not centred
-on the image, from the good cells', divided by the 99.5% quantile of the calibration images'
-(1.0 = the threshold): a surface unlike the good ones, while a defect on a few cells leaves
-the median alone. The export takes uint8 (N,3,256,256) like every contract model.
+`defect_prob` >= 0.5. The export takes uint8 (N,3,256,256) like every contract model.
 
-The evaluation reports image AUROC and pixel AUROC for each defect class of the held-out set
-(its good images against that class; pixels of those images against the class's masks).
+`ood_score` (the contract's optional fourth output) is the larger of two distances, each
+divided by the 99.5% quantile of the calibration images' (1.0 = the threshold):
+* the median over the tile's cells (every 4th) of their descriptors' Mahalanobis distance,
+  not centred on the image, from the good cells': a surface unlike the good ones, while a
+  defect on a few cells leaves the median alone;
+* the Mahalanobis distance of the tile's frame statistics from the good tiles': the median
+  and the interquartile range of each colour channel before the contrast normalization
+  (quartiles, so a defect on a few cells does not move them; the filter responses would,
+  through the normalization, and are left out). The contrast normalization that makes the
+  cell descriptors robust also hides a frame that is too dark, washed out, of another
+  colour or blank; these six numbers see it.
+
+Train/serve parity: every image is decoded and cut into tiles exactly as the service does
+(`inspectq.imaging`: an image of at most 256 px resized to one tile, a larger one cut into
+native-scale tiles). The Gaussians are fitted on the good images' tiles; the calibration
+takes each calibration image's maximum over its tiles (the service's image score); the
+evaluation scores every held-out image as the service would, stitches the tiles' heatmaps
+back to the image (`inspectq.imaging.stitch`) and reports image AUROC and pixel AUROC for
+each defect class (its good images against that class; pixels of those images against the
+class's masks).
 """
 
 from __future__ import annotations
@@ -37,16 +51,19 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from inspectq.imaging import image_score, make_model_input, stitch
 from triton_models import card, metrics, mvtec
+from triton_models.evaluate import TILE_SIZE, TILE_STRIDE
 from triton_models.export import export, gflops_per_image
 
 CLASSES = ["background", "anomaly"]
+#: Frame statistics: 3 channel medians, 3 channel interquartile ranges.
+FRAME_DIM = 6
 WIDTHS = (32, 64, 128)
 LOGIT_MEDIAN, LOGIT_P99 = math.log(0.1 / 0.9), math.log(0.4 / 0.6)
 #: ood_score 1.0: this quantile of the calibration images' out-of-domain distances.
@@ -78,14 +95,23 @@ class Deviation(nn.Module):
         self.register_buffer("raw_mean", torch.zeros(self.dim))
         self.register_buffer("raw_whiten", torch.eye(self.dim))
         self.register_buffer("ood_threshold", torch.tensor(1.0))
+        # out of domain: a Gaussian of the good tiles' frame statistics (`frame_stats`)
+        self.register_buffer("frame_mean", torch.zeros(FRAME_DIM))
+        self.register_buffer("frame_whiten", torch.eye(FRAME_DIM))
+        self.register_buffer("frame_threshold", torch.tensor(1.0))
         for p in self.parameters():
             p.requires_grad_(False)
 
-    def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def features(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(cell descriptors minus the image's mean one, the descriptors as they are), both
-        (N,D,H/4,W/4), of uint8 images."""
+        (N,D,H/4,W/4), and the frame statistics (N, FRAME_DIM) of uint8 images."""
         x = images.float() / 255.0
         flat = x.flatten(1)
+        # robust frame statistics, so a defect on a few cells does not move them: every
+        # 4th pixel's median and interquartile range per channel
+        sample = x[:, :, ::4, ::4].flatten(2)
+        quartiles = torch.quantile(sample, torch.tensor([0.25, 0.5, 0.75]), dim=2)
+        colour = torch.cat([quartiles[1], quartiles[2] - quartiles[0]], 1)
         x = (x - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-3)
         stages = []
         y = x
@@ -98,40 +124,41 @@ class Deviation(nn.Module):
                  stages[1], F.interpolate(stages[2], size=size, mode="bilinear",
                                           align_corners=False)]
         f = F.avg_pool2d(torch.cat(parts, 1), 3, stride=1, padding=1)
-        return f - f.mean((2, 3), keepdim=True), f
+        return f - f.mean((2, 3), keepdim=True), f, colour
 
-    def distance(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def distance(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(smoothed Mahalanobis distance per cell (N,1,H/4,W/4) relative to the image's
-        median cell, the out-of-domain distance (N,): the median over cells of the raw
-        descriptors' distance from the good cells', robust to a defect on a few cells)."""
-        centred, raw = self.features(images)
+        median cell; the out-of-domain distances (N,) of the cells, the median over cells
+        of the raw descriptors' distance from the good cells' (robust to a defect on a few
+        cells), and of the frame statistics)."""
+        centred, raw, frame = self.features(images)
         z = torch.einsum("ed,ndhw->nehw", self.whiten, centred - self.mean.view(1, -1, 1, 1))
         d = F.avg_pool2d(z.pow(2).mean(1, keepdim=True).sqrt(), 3, stride=1, padding=1)
         median = d.flatten(1).median(1).values
         raw = raw[:, :, ::2, ::2] - self.raw_mean.view(1, -1, 1, 1)  # every 4th cell: cheap
         scaled = torch.einsum("ed,ndhw->nehw", self.raw_whiten, raw)
         domain = scaled.pow(2).mean(1).sqrt().flatten(1).median(1).values
-        return d / median.view(-1, 1, 1, 1).clamp_min(1e-6), domain
+        frame_z = (frame - self.frame_mean) @ self.frame_whiten.T
+        frame_domain = frame_z.pow(2).mean(1).sqrt()
+        return d / median.view(-1, 1, 1, 1).clamp_min(1e-6), domain, frame_domain
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        d, domain = self.distance(images)
+        d, domain, frame_domain = self.distance(images)
         logit = self.calib[0] * d + self.calib[1]
         heat = torch.sigmoid(F.interpolate(logit, size=images.shape[-2:], mode="bilinear",
                                            align_corners=False))[:, 0]
         image_score = torch.sigmoid(logit.flatten(1).amax(1, keepdim=True))
         class_map = (heat >= 0.5).to(torch.uint8)
-        ood_score = (domain / self.ood_threshold).unsqueeze(1)
+        ood_score = torch.maximum(domain / self.ood_threshold,
+                                  frame_domain / self.frame_threshold).unsqueeze(1)
         return class_map, heat.to(torch.float16), image_score, ood_score
 
 
-def read_rgb(path: Path, size: int = 256) -> np.ndarray:
-    """(3,size,size) uint8 RGB, resized like `mvtec.load` does."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path}: not a readable image")
-    rgb = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (size, size),
-                     interpolation=cv2.INTER_AREA)
-    return rgb.transpose(2, 0, 1)
+def service_tiles(image: np.ndarray) -> np.ndarray:
+    """The service's tiles (T,3,256,256) uint8 of a (3,H,W) image at the service's scale
+    (`mvtec.read_rgb(path, None)`)."""
+    hwc = np.ascontiguousarray(image.transpose(1, 2, 0))
+    return make_model_input(hwc, TILE_SIZE, TILE_STRIDE).tiles
 
 
 def whitening(second_moment: Tensor, mean: Tensor, shrink: float) -> Tensor:
@@ -143,79 +170,116 @@ def whitening(second_moment: Tensor, mean: Tensor, shrink: float) -> Tensor:
 
 
 @torch.inference_mode()
-def fit(model: Deviation, good: np.ndarray, calib: np.ndarray, batch: int = 16,
+def fit(model: Deviation, good: np.ndarray, calib: list[np.ndarray], batch: int = 16,
         shrink: float = 0.01) -> dict[str, object]:
-    """Gaussian of the cells of `good` (uint8 N,3,S,S); logistic map from `calib`."""
-    n, total, outer = 0, torch.zeros(model.dim, dtype=torch.float64), None
-    raw_sum = torch.zeros(model.dim, dtype=torch.float64)
-    raw_outer = torch.zeros(model.dim, model.dim, dtype=torch.float64)
+    """Gaussians of the cells and the frame statistics of the `good` tiles (uint8 N,3,S,S);
+    the logistic map and the out-of-domain thresholds from `calib`, one array of tiles per
+    calibration image, each image taken as the service takes it (its maximum tile)."""
+    moments = {name: (torch.zeros(dim, dtype=torch.float64),
+                      torch.zeros(dim, dim, dtype=torch.float64))
+               for name, dim in (("centred", model.dim), ("raw", model.dim),
+                                 ("frame", FRAME_DIM))}
+    n_cells = n_tiles = 0
     for i in range(0, len(good), batch):
-        f, raw = model.features(torch.from_numpy(good[i : i + batch]))
-        raw = raw.permute(0, 2, 3, 1).reshape(-1, model.dim).double()
-        raw_sum += raw.sum(0)
-        raw_outer += raw.T @ raw
-        f = f.permute(0, 2, 3, 1).reshape(-1, model.dim).double()
-        n += len(f)
-        total += f.sum(0)
-        outer = f.T @ f if outer is None else outer + f.T @ f
-    assert outer is not None
-    model.mean.copy_((total / n).float())
-    model.whiten.copy_(whitening(outer / n, total / n, shrink))
-    model.raw_mean.copy_((raw_sum / n).float())
-    model.raw_whiten.copy_(whitening(raw_outer / n, raw_sum / n, shrink))
-    distances = [model.distance(torch.from_numpy(calib[i : i + batch]))
-                 for i in range(0, len(calib), batch)]
-    maxima = np.concatenate([d.flatten(1).amax(1).numpy() for d, _ in distances])
-    domains = np.concatenate([domain.numpy() for _, domain in distances])
+        centred, raw, frame = model.features(torch.from_numpy(good[i : i + batch]))
+        for name, rows in (("centred", centred), ("raw", raw), ("frame", frame)):
+            if rows.dim() == 4:
+                rows = rows.permute(0, 2, 3, 1).reshape(-1, model.dim)
+            total, outer = moments[name]
+            total += rows.double().sum(0)
+            outer += rows.double().T @ rows.double()
+        n_cells += centred.shape[0] * centred.shape[2] * centred.shape[3]
+        n_tiles += len(frame)
+    for name, mean_buffer, whiten_buffer, count in (
+            ("centred", model.mean, model.whiten, n_cells),
+            ("raw", model.raw_mean, model.raw_whiten, n_cells),
+            ("frame", model.frame_mean, model.frame_whiten, n_tiles)):
+        total, outer = moments[name]
+        mean_buffer.copy_((total / count).float())
+        whiten_buffer.copy_(whitening(outer / count, total / count, shrink))
+    per_image = [[part.amax(0) for part in
+                  (d.flatten(1).amax(1), domain, frame_domain)]
+                 for d, domain, frame_domain in
+                 (model.distance(torch.from_numpy(tiles)) for tiles in calib)]
+    maxima, domains, frames = (np.array([float(row[k]) for row in per_image])
+                               for k in range(3))
     model.ood_threshold.fill_(float(np.quantile(domains, OOD_QUANTILE)))
+    model.frame_threshold.fill_(float(np.quantile(frames, OOD_QUANTILE)))
     p50, p99 = np.quantile(maxima, [0.5, 0.99])
     scale = (LOGIT_P99 - LOGIT_MEDIAN) / max(float(p99 - p50), 1e-6)
     model.calib.copy_(torch.tensor([scale, LOGIT_MEDIAN - scale * float(p50)]))
-    return {"cells": n, "descriptor_dims": model.dim,
+    return {"tiles": n_tiles, "cells": n_cells, "descriptor_dims": model.dim,
             "calibration_good_max_distance_p50_p99": [round(float(p50), 4),
                                                       round(float(p99), 4)],
-            "ood_threshold_median_cell_distance": round(float(model.ood_threshold), 4)}
+            "ood_threshold_median_cell_distance": round(float(model.ood_threshold), 4),
+            "ood_threshold_frame_distance": round(float(model.frame_threshold), 4)}
 
 
-def pixel_auroc(prob: np.ndarray, truth: np.ndarray, bins: int = 4096) -> float:
-    """AUROC of per-pixel scores in 0..1 by histogram (ties within a bin count half)."""
-    idx = np.clip((prob.ravel() * bins).astype(np.int64), 0, bins - 1)
-    pos = np.bincount(idx[truth.ravel()], minlength=bins).astype(np.float64)
-    neg = np.bincount(idx[~truth.ravel()], minlength=bins).astype(np.float64)
+PIXEL_BINS = 4096
+
+
+def pixel_histograms(prob: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of defect and of good pixels in `PIXEL_BINS` bins of the score 0..1: summed
+    over images, they give the pixel AUROC of a whole set without keeping its maps."""
+    idx = np.clip((prob.ravel() * PIXEL_BINS).astype(np.int64), 0, PIXEL_BINS - 1)
+    pos = np.bincount(idx[truth.ravel()], minlength=PIXEL_BINS).astype(np.float64)
+    neg = np.bincount(idx[~truth.ravel()], minlength=PIXEL_BINS).astype(np.float64)
+    return pos, neg
+
+
+def histogram_auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """AUROC from `pixel_histograms` counts (ties within a bin count half)."""
     if pos.sum() == 0 or neg.sum() == 0:
         return float("nan")
     below = np.cumsum(neg) - neg
     return float(((pos * below).sum() + 0.5 * (pos * neg).sum()) / (pos.sum() * neg.sum()))
 
 
+def pixel_auroc(prob: np.ndarray, truth: np.ndarray) -> float:
+    """AUROC of per-pixel scores in 0..1 (by `PIXEL_BINS` histogram bins)."""
+    return histogram_auroc(*pixel_histograms(prob, truth))
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, held: mvtec.Dataset, batch: int = 16) -> dict[str, object]:
-    """Image AUROC (contract image_score) and pixel AUROC (defect_prob) per defect class."""
-    probs, scores = [], []
-    for i in range(0, len(held.images), batch):
-        _, prob, score, _ = model(torch.from_numpy(held.images[i : i + batch]))
-        probs.append(prob.float().numpy())
-        scores.append(score[:, 0].numpy())
-    prob, score = np.concatenate(probs), np.concatenate(scores)
+def evaluate(model: nn.Module, held: mvtec.Dataset) -> dict[str, object]:
+    """Image AUROC (contract image_score) and pixel AUROC (defect_prob) per defect class,
+    every image scored as the service scores it: its tiles, the max tile score, the tiles'
+    heatmaps stitched back (`held` loaded at the service's scale, `mvtec.load(size=None)`)."""
+    scores = np.empty(len(held.images))
+    histograms = {k: [np.zeros(PIXEL_BINS), np.zeros(PIXEL_BINS)]
+                  for k in range(1, len(held.classes))}
+    for i, image in enumerate(held.images):
+        layout = make_model_input(np.ascontiguousarray(image.transpose(1, 2, 0)),
+                                  TILE_SIZE, TILE_STRIDE)
+        class_maps, probs, tile_scores, _ = model(torch.from_numpy(layout.tiles))
+        scores[i] = image_score(tile_scores[:, 0].numpy())
+        if held.masks is None:
+            continue
+        _, prob = stitch(layout, class_maps.numpy(), probs.float().numpy())
+        for k, (pos, neg) in histograms.items():  # a good image counts for every class
+            if held.labels[i] in (0, k):
+                more_pos, more_neg = pixel_histograms(prob, held.masks[i] == k)
+                pos += more_pos
+                neg += more_neg
     good = held.labels == 0
     result: dict[str, object] = {
-        "images": len(score),
+        "images": len(scores),
         "defective_images": int((~good).sum()),
         "good_images": int(good.sum()),
-        "image_auroc_all": round(metrics.auroc(score, ~good), 4),
+        "image_auroc_all": round(metrics.auroc(scores, ~good), 4),
         f"recall_defective_at_reject_{metrics.REJECT_ABOVE}":
-            round(float((score[~good] > metrics.REJECT_ABOVE).mean()), 4),
+            round(float((scores[~good] > metrics.REJECT_ABOVE).mean()), 4),
         f"false_alarm_good_at_pass_{metrics.PASS_BELOW}":
-            round(float((score[good] >= metrics.PASS_BELOW).mean()), 4),
+            round(float((scores[good] >= metrics.PASS_BELOW).mean()), 4),
     }
     per_class = {}
     for k, name in enumerate(held.classes[1:], start=1):
         pick = good | (held.labels == k)
         entry: dict[str, object] = {
             "images": int((held.labels == k).sum()),
-            "image_auroc": round(metrics.auroc(score[pick], held.labels[pick] == k), 4)}
+            "image_auroc": round(metrics.auroc(scores[pick], held.labels[pick] == k), 4)}
         if held.masks is not None:
-            entry["pixel_auroc"] = round(pixel_auroc(prob[pick], held.masks[pick] == k), 4)
+            entry["pixel_auroc"] = round(histogram_auroc(*histograms[k]), 4)
         per_class[name] = entry
     result["per_defect_class"] = per_class
     return result
@@ -238,15 +302,16 @@ def main(argv: list[str] | None = None) -> None:
     files = sorted(p for p in folder.glob("*") if p.suffix.lower() in mvtec.SUFFIXES)
     if len(files) < 2:
         raise SystemExit(f"{folder}: needs at least 2 good images")
-    images = np.stack([read_rgb(f) for f in files])
+    tiles = [service_tiles(mvtec.read_rgb(f, None)) for f in files]
     order = np.random.default_rng(args.seed).permutation(len(files))
     n_calib = max(1, round(len(files) * args.calib_fraction))
     model = Deviation(args.seed)
     start = time.monotonic()
-    info = fit(model, images[np.sort(order[n_calib:])], images[np.sort(order[:n_calib])])
+    info = fit(model, np.concatenate([tiles[i] for i in np.sort(order[n_calib:])]),
+               [tiles[i] for i in np.sort(order[:n_calib])])
     fit_seconds = round(time.monotonic() - start, 1)
     path = export(model, args.out / "model.pt")
-    held = mvtec.load(args.eval_data)
+    held = mvtec.load(args.eval_data, size=None)
     result = evaluate(torch.jit.load(str(path)), held)
     model_card: dict[str, object] = {
         "name": "inspectq_seg",

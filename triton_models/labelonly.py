@@ -46,16 +46,18 @@ def ema(averaged: Tensor, current: Tensor, count: Tensor | int) -> Tensor:
     return decay * averaged + (1 - decay) * current
 
 
-def build(num_classes: int, input_pool: int = 2) -> InspectqSeg:
+def build(num_classes: int, input_pool: int = 2, dihedral: bool = False) -> InspectqSeg:
     """The label-only model: `CellNet` cells pooled by a smooth maximum into the score."""
-    return InspectqSeg(CellNet(num_classes, input_pool=input_pool), CELL_SHARPNESS)
+    return InspectqSeg(CellNet(num_classes, input_pool=input_pool), CELL_SHARPNESS,
+                       dihedral=dihedral)
 
 
 def augment(images: np.ndarray, rng: np.random.Generator, shift: int = 16,
-            tile: int = mvtec.TILE) -> Tensor:
-    """Label-preserving augmentation of uint8 (B,3,H,W): flips, shifts, brightness. An image
-    larger than the service's tile is seen as the service scores it, a `tile` px window at
-    native scale (a random one; the service takes the max over all of them)."""
+            tile: int = mvtec.TILE, turns: bool = True) -> Tensor:
+    """Label-preserving augmentation of uint8 (B,3,H,W): flips, shifts, brightness, and with
+    `turns` a transposition of square windows (with the flips, all 8 turns and mirrors). An
+    image larger than the service's tile is seen as the service scores it, a `tile` px
+    window at native scale (a random one; the service takes the max over all of them)."""
     height, width = images.shape[-2:]
     crop_h, crop_w = min(height, tile), min(width, tile)
     out = np.empty((len(images), images.shape[1], crop_h, crop_w), np.uint8)
@@ -66,6 +68,8 @@ def augment(images: np.ndarray, rng: np.random.Generator, shift: int = 16,
         image = padded[:, y0 : y0 + crop_h, x0 : x0 + crop_w]
         image = image[:, :, ::-1] if rng.integers(2) else image
         image = image[:, ::-1] if rng.integers(2) else image
+        if turns and crop_h == crop_w and rng.integers(2):
+            image = image.transpose(0, 2, 1)
         gain, offset = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
         out[j] = np.clip(image.astype(np.float32) * gain + offset, 0, 255)
     return torch.from_numpy(out)
@@ -99,8 +103,15 @@ def scores(model: nn.Module, images: np.ndarray, batch: int = 32) -> np.ndarray:
 
 def fit(data: mvtec.Dataset, val: mvtec.Dataset, max_seconds: float, seed: int,
         batch: int = 32, lr: float = 3e-3, max_steps: int | None = None,
-        eval_every: int = 100, input_pool: int = 2) -> tuple[InspectqSeg, dict[str, object]]:
+        eval_every: int = 100, input_pool: int = 2,
+        dihedral: bool = True) -> tuple[InspectqSeg, dict[str, object]]:
     """Train until max_seconds (or max_steps); keep the checkpoint best on `val`.
+
+    With `dihedral` (surfaces with no up or left) the windows are turned and mirrored in
+    training, and the returned model averages its cells over the tile's 8 turns and mirrors
+    (`InspectqSeg.dihedral`); the checkpoints are picked on one pass (8 times cheaper), the
+    card's figures come from the model as served. Without it, only left-right and up-down
+    mirrors are trained on and the model makes one pass.
 
     The checkpoints are of an exponential moving average of the weights (decay `EMA_DECAY`,
     BatchNorm statistics included): on a few thousand noisy labels it ranks held-out images
@@ -137,7 +148,8 @@ def fit(data: mvtec.Dataset, val: mvtec.Dataset, max_seconds: float, seed: int,
         index = np.concatenate([rng.choice(good, batch // 2),
                                 rng.choice(bad, batch - batch // 2)])
         model.train()
-        images = augment(data.images[index], rng).contiguous(memory_format=torch.channels_last)
+        images = augment(data.images[index], rng, turns=dihedral).contiguous(
+            memory_format=torch.channels_last)
         loss = loss_fn(model, images, torch.from_numpy(data.labels[index]), len(data.classes))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -152,6 +164,7 @@ def fit(data: mvtec.Dataset, val: mvtec.Dataset, max_seconds: float, seed: int,
     bar.close()
     model.load_state_dict(best[2])
     model = model.to(memory_format=torch.contiguous_format).eval()
+    model.dihedral = dihedral
     seconds = time.monotonic() - start
     return model, {
         "mode": "image labels only: multiple-instance cell classifier",
@@ -162,6 +175,8 @@ def fit(data: mvtec.Dataset, val: mvtec.Dataset, max_seconds: float, seed: int,
         "seconds_per_step": round(seconds / max(step, 1), 3),
         "ended_by": "steps" if max_steps and step >= max_steps else "time budget",
         "weights": f"exponential moving average, decay up to {EMA_DECAY}",
+        "turns_and_mirrors": "trained on all 8, served as their average" if dihedral
+        else "left-right and up-down mirrors trained on, one pass served",
         "best_step": best[1],
         "best_val_auroc": round(best[0], 4),
         "val_history_step_seconds_auroc": history,

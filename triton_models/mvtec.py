@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from inspectq.imaging import UndecodableImage, decode_image
+
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -57,11 +59,13 @@ def _images_in(folder: Path) -> list[Path]:
 TILE = 256  # the contract's tile size
 
 
-def _read_rgb(path: Path, size: int | None) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path}: not a readable image")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+def read_rgb(path: Path, size: int | None) -> np.ndarray:
+    """(3,H,W) uint8 RGB, decoded as the service decodes uploads (EXIF orientation, 16-bit
+    samples by their bit depth) and sized as the module docstring says."""
+    try:
+        rgb = decode_image(Path(path).read_bytes())
+    except UndecodableImage as error:
+        raise ValueError(f"{path}: {error}") from error
     if size is None and max(rgb.shape[:2]) <= TILE:
         rgb = cv2.resize(rgb, (TILE, TILE), interpolation=cv2.INTER_LINEAR)  # as the service
     elif size is not None and rgb.shape[:2] != (size, size):
@@ -99,13 +103,13 @@ def load(root: Path, classes: list[str] | None = None, size: int | None = 256,
         entries += [(p, k, cls) for p in _images_in(root / "test" / cls)]
     if not entries:
         raise FileNotFoundError(f"{root}: no images found")
-    first = _read_rgb(entries[0][0], size)
+    first = read_rgb(entries[0][0], size)
     height, width = first.shape[1:]
     images = np.empty((len(entries), 3, height, width), np.uint8)
     labels = np.array([k for _, k, _ in entries], np.int64)
     masks = np.zeros((len(entries), height, width), np.uint8) if with_masks else None
     for i, (path, k, cls) in enumerate(tqdm(entries, desc=f"load {root.name}", unit="img")):
-        image = first if i == 0 else _read_rgb(path, size)
+        image = first if i == 0 else read_rgb(path, size)
         if image.shape != first.shape:
             raise ValueError(f"{path}: {image.shape[2]}x{image.shape[1]}, but "
                              f"{entries[0][0]} is {width}x{height}; pass a --size to resize all")

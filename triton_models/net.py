@@ -179,6 +179,26 @@ def smooth_max(z: Tensor, sharpness: float) -> Tensor:
     return (torch.logsumexp(sharpness * flat, 2) - math.log(n)) / sharpness
 
 
+def dihedral(x: Tensor, turn: int, mirror: int) -> Tensor:
+    """x (N,C,H,W) mirrored left-right if bit 0 of `mirror`, up-down if bit 1, then
+    transposed if `turn`: with the identity, the 8 symmetries of a square tile."""
+    if mirror & 1:
+        x = torch.flip(x, [3])
+    if mirror & 2:
+        x = torch.flip(x, [2])
+    return x.transpose(2, 3) if turn else x
+
+
+def undo_dihedral(x: Tensor, turn: int, mirror: int) -> Tensor:
+    """The inverse of `dihedral`: a map of the transformed tile back in the tile's frame."""
+    x = x.transpose(2, 3) if turn else x
+    if mirror & 2:
+        x = torch.flip(x, [2])
+    if mirror & 1:
+        x = torch.flip(x, [3])
+    return x
+
+
 class OodScore(nn.Module):
     """Out-of-domain score (N,1) of pooled features (N,D): their Mahalanobis distance from
     the training features' mean, divided by the threshold distance (1.0 = the threshold).
@@ -202,12 +222,18 @@ class OodScore(nn.Module):
 
 class InspectqSeg(nn.Module):
     """The deployable model: uint8 images in, the contract's three outputs and the optional
-    `ood_score` out."""
+    `ood_score` out.
+
+    `dihedral`: the backbone's logits and features are averaged over the tile's 8 turns and
+    mirrors (4 mirrors if the tile is not square), each mapped back to the tile's frame:
+    test-time augmentation for a model trained with the same turns (the label-only
+    `CellNet`, whose surfaces have no up or left), 8 times the backbone's cost."""
 
     def __init__(self, backbone: nn.Module, pool_sharpness: float = POOL_SHARPNESS,
-                 pool_cell: int = 1) -> None:
+                 pool_cell: int = 1, dihedral: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
+        self.dihedral = dihedral
         self.score_scale = nn.Parameter(torch.tensor(1.0))
         self.score_bias = nn.Parameter(torch.tensor(0.0))
         self.pool_sharpness = pool_sharpness
@@ -220,6 +246,22 @@ class InspectqSeg(nn.Module):
 
     def normalize(self, images: Tensor) -> Tensor:
         return (images.float() / 255.0 - self.mean) / self.std
+
+    def logits_and_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The backbone's (logits, pooled features) of normalized x, averaged over the 8
+        turns and mirrors if `dihedral`."""
+        if not self.dihedral:
+            return self.backbone.forward_features(x)
+        logits_sum, features_sum = self.backbone.forward_features(x)
+        count = 1
+        for turn in range(2 if x.shape[-1] == x.shape[-2] else 1):
+            for mirror in range(0 if turn else 1, 4):  # bit 0: left-right, bit 1: up-down
+                y = dihedral(x, turn, mirror)
+                logits, features = self.backbone.forward_features(y)
+                logits_sum = logits_sum + undo_dihedral(logits, turn, mirror)
+                features_sum = features_sum + features
+                count += 1
+        return logits_sum / count, features_sum / count
 
     def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(pixel logits, image logit (N,), per-class presence logits (N,K)) of normalized x."""
@@ -242,7 +284,7 @@ class InspectqSeg(nn.Module):
         return image_logit, presence
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        logits, features = self.backbone.forward_features(self.normalize(images))
+        logits, features = self.logits_and_features(self.normalize(images))
         image_logit, _ = self.pool(logits)
         if logits.shape[-2:] != images.shape[-2:]:  # a coarse backbone (CellNet): its cells
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",

@@ -238,6 +238,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="training crop size with masks (full image without masks)")
     parser.add_argument("--lr", type=float, default=None,
                         help="peak learning rate; default: 4e-3 (U-Net), 3e-3 (cells)")
+    parser.add_argument("--no-turns", action="store_true",
+                        help="label-only: the parts have an up and a left (a rolling "
+                             "direction, an oriented pattern), so train on left-right and "
+                             "up-down mirrors only and serve one pass; by default windows "
+                             "are also turned and the model averages its tile's 8 turns and "
+                             "mirrors (8 times the compute)")
     parser.add_argument("--checkpoint-fraction", type=float, default=0.15,
                         help="cells: share of the training images that picks the best "
                              "checkpoint (early stopping)")
@@ -273,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
         model, info = labelonly.fit(
             train_data.subset(fit_idx), train_data.subset(pick_idx),
             math.inf if budget is None else budget, args.seed, args.batch or 32,
-            args.lr or 3e-3, args.steps, input_pool=CELL_INPUT_POOL[arch])
+            args.lr or 3e-3, args.steps, input_pool=CELL_INPUT_POOL[arch],
+            dihedral=not args.no_turns)
     else:
         model, info = train(train_data, arch, args.steps, args.batch or 16, args.crop,
                             args.lr or 4e-3, args.seed, budget)

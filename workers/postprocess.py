@@ -1,14 +1,7 @@
-"""Stage 5: put the tiles' outputs back together and turn the mask into defect regions.
-
-Stitching rules, where tiles overlap:
-
-* ``defect_prob`` is the **mean** over the tiles covering the pixel (smooths tile seams);
-* ``class_map`` is the class of the covering tile that is **most sure** the pixel is
-  defective (highest ``defect_prob``), so a defect seen well by one tile is not erased by a
-  neighbour that sees it only at its border.
-
-The image score (the max over tiles) is ``inspectq.imaging.image_score``, shared with the
-trainer and ``inspectq model evaluate``.
+"""Stage 5: turn the stitched mask into defect regions. Stitching the tiles' outputs back
+together (``inspectq.imaging.stitch``) and the image score (the max over tiles,
+``inspectq.imaging.image_score``) live in the core beside the tiling they invert, shared with
+the trainer and ``inspectq model evaluate``.
 """
 
 from __future__ import annotations
@@ -16,37 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from inspectq.imaging import ModelInput
 from inspectq.result import Region
-
-
-def stitch(
-    layout: ModelInput, class_maps: np.ndarray, defect_probs: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Full-image ``(class_map uint8, defect_prob float32)``, both ``(height, width)``."""
-    if layout.resized:
-        size = (layout.width, layout.height)
-        class_map = cv2.resize(class_maps[0], size, interpolation=cv2.INTER_NEAREST)
-        prob = cv2.resize(defect_probs[0].astype(np.float32), size,
-                          interpolation=cv2.INTER_LINEAR)
-        return class_map, prob
-    tile = class_maps.shape[1]
-    prob_sum = np.zeros(layout.padded_shape, np.float32)
-    count = np.zeros(layout.padded_shape, np.float32)
-    best_prob = np.full(layout.padded_shape, -1.0, np.float32)
-    class_map = np.zeros(layout.padded_shape, np.uint8)
-    for (y, x), tile_classes, tile_prob in zip(
-        layout.origins, class_maps, defect_probs, strict=True
-    ):
-        window = (slice(y, y + tile), slice(x, x + tile))
-        prob_sum[window] += tile_prob
-        count[window] += 1
-        better = tile_prob > best_prob[window]
-        best_prob[window] = np.where(better, tile_prob, best_prob[window])
-        class_map[window] = np.where(better, tile_classes, class_map[window])
-    crop = (slice(0, layout.height), slice(0, layout.width))
-    return class_map[crop], (prob_sum / count)[crop]
-
 
 #: Defect pixels this close belong to one region: thin cracks and scratches come out of the
 #: model with small gaps, and one defect reported as a dozen fragments helps nobody.

@@ -43,7 +43,7 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from inspectq import keyspace
-from inspectq.imaging import UndecodableImage, decode_image, image_score, make_model_input
+from inspectq.imaging import UndecodableImage, decode_image, image_score, make_model_input, stitch
 from inspectq.jobs import JobError, JobRecord, RetryState, Status, is_job_id
 from inspectq.quality import check_quality
 from inspectq.queue import TimeLimits, max_hard_limit_s
@@ -52,7 +52,7 @@ from inspectq.storage import StorageUnavailable
 from workers import cache, deadletter
 from workers.fetch import ImageMissing, fetch_image
 from workers.infer import ModelContractError, TritonUnavailable
-from workers.postprocess import find_regions, stitch
+from workers.postprocess import find_regions
 from workers.record import record_result
 from workers.render import heatmap_png, mask_png, write_run_images
 from workers.services import Services

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inspectq.imaging import UndecodableImage, decode_image, image_score, make_model_input
+from inspectq.imaging import UndecodableImage, decode_image, image_score, make_model_input, stitch
 from inspectq.result import Decision, Thresholds, decide
 from inspectq.tiling import tile_starts
-from workers.postprocess import find_regions, stitch
+from workers.postprocess import find_regions
 from workers.render import HEATMAP_MAX_SIDE, heatmap_png, mask_png
 
 CLASSES = ("background", "scratch", "pit")
