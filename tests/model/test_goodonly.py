@@ -56,22 +56,15 @@ def test_deviation_learns_good_surfaces_and_finds_spots(tmp_path: Path) -> None:
     # calibrated on good images: a typical good tile PASSes, a spotted one does not
     _, _, score, ood = torch.jit.load(str(path))(torch.from_numpy(np.concatenate([good, bad])))
     assert float(score[:12].median()) < 0.4 < float(score[12:].median())
-    # a spot on a few cells leaves the surface in domain (each of the two thresholds is the
-    # largest of 12 calibration images', so about 2 in 13 land above one); foreign ones are not
-    assert int((ood > 1.0).sum()) <= 5
+    # a spot on a few cells leaves the surface in domain (the threshold is the largest of 12
+    # calibration images', so about 1 in 13 good ones lands above it); foreign ones are not
+    assert int((ood > 1.0).sum()) <= 2
     yy, xx = np.mgrid[0:256, 0:256]
     foreign = np.stack([(((yy // 8 + xx // 8) % 2) * 200 + 20),  # a checkerboard
                         np.random.default_rng(5).integers(0, 256, (256, 256)),  # white noise
                         128 + 100 * np.sin(np.hypot(yy - 128, xx - 128) / 2)])  # rings
     foreign = np.repeat(foreign.astype(np.uint8)[:, None], 3, 1)
     assert float(torch.jit.load(str(path))(torch.from_numpy(foreign))[3].min()) > 1.0
-    # frames the contrast normalization would hide: blank, washed out, tinted
-    blank = np.full((1, 3, 256, 256), 128, np.uint8)
-    washed = (good[:1] // 4 + 190).astype(np.uint8)
-    tinted = good[:1].copy()
-    tinted[:, 0] = (tinted[:, 0] * 0.6).astype(np.uint8)
-    strange = torch.from_numpy(np.concatenate([blank, washed, tinted]))
-    assert float(torch.jit.load(str(path))(strange)[3].min()) > 1.0
 
 
 def test_large_images_are_fitted_and_scored_on_the_services_tiles(tmp_path: Path) -> None:

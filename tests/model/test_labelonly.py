@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from triton_models import baseline, byom, labelonly, mvtec, realdata
+from triton_models import baseline, byom, labelonly, mvtec, net, realdata
 from triton_models.export import export
 from triton_models.metrics import auroc
 
@@ -56,6 +56,23 @@ def test_cell_classifier_learns_labels_and_points_at_the_evidence(
             for i, (py, px) in zip(bad, peaks, strict=True)]
     assert np.mean(near) >= 0.8
     assert class_map.dtype == torch.uint8 and int(class_map.max()) <= 1
+    # served as the average over the tile's 8 turns and mirrors: a turned part scores the same
+    turned = np.ascontiguousarray(held.images.transpose(0, 1, 3, 2)[..., ::-1])
+    _, turned_prob, turned_score, _ = scripted(torch.from_numpy(turned))
+    assert torch.allclose(turned_score, score, atol=1e-4)
+    back = turned_prob.float().flip(2).transpose(1, 2)
+    assert float((back - prob.float()).abs().max()) < 1e-2  # fp16 heatmaps, bilinear edges
+
+
+def test_the_eight_turns_and_mirrors_are_distinct_and_undone() -> None:
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    seen = set()
+    for turn in range(2):
+        for mirror in range(4):
+            y = net.dihedral(x, turn, mirror)
+            seen.add(tuple(y.flatten().tolist()))
+            assert torch.equal(net.undo_dihedral(y, turn, mirror), x)
+    assert len(seen) == 8
 
 
 def test_augmentation_trains_on_the_tiles_the_service_scores() -> None:
