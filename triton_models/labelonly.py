@@ -11,11 +11,13 @@ the evidence, and every cell of a good image is a labelled negative. The same ce
 upsampled, are the `defect_prob` heatmap.
 
 Training: every batch is half good, half defective (class balancing); label-preserving
-augmentation (flips, shifts of up to 16 px, one brightness and contrast change for all
-channels, so grayscale stays gray); an image larger than the 256 px tile is trained on as
-the service scores it, one native-scale tile at a time (a random window); AdamW with a
-cosine schedule over the time budget (the schedule ends when the budget does); a stratified
-share of the training images picks the best checkpoint by image AUROC (early stopping).
+augmentation (flips and, unless `--no-turns`, transpositions: all 8 turns and mirrors, which
+the served model then averages over; shifts of up to 16 px; one brightness and contrast
+change for all channels, so grayscale stays gray); an image larger than the 256 px tile is
+trained on as the service scores it, one native-scale tile at a time (a random window);
+AdamW with a cosine schedule over the time budget (the schedule ends when the budget does);
+a stratified share of the training images picks the best checkpoint by image AUROC (early
+stopping).
 """
 
 from __future__ import annotations
