@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,6 +21,7 @@ from werkzeug.datastructures import FileStorage
 
 from inspectq.alerting import EffectiveAlerting, LineAlerting
 from inspectq.feedback import Feedback
+from inspectq.instant import Instant
 from inspectq.jobs import RetryState, Status
 from inspectq.result import Decision, InspectionResult
 from inspectq.text import Text
@@ -252,8 +252,8 @@ class JobFilterQuery(BaseModel):
     status: Literal["done", "failed"] | None = Field(
         default=None, description="Only ended jobs are indexed."
     )
-    since: datetime | None = Field(default=None, description="Created at or after.")
-    until: datetime | None = Field(default=None, description="Created before.")
+    since: Instant | None = Field(default=None, description="Created at or after.")
+    until: Instant | None = Field(default=None, description="Created before.")
     feedback: Literal["none", "any", "confirm", "correct"] | None = Field(
         default=None, description="none: not reviewed yet; any; or the latest verdict."
     )
@@ -316,14 +316,14 @@ class LinesOut(BaseModel):
 class LinesQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime | None = Field(default=None, description="Count jobs from this time on.")
+    since: Instant | None = Field(default=None, description="Count jobs from this time on.")
 
 
 class StatsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime | None = Field(default=None, description="Default: 24 hours before until.")
-    until: datetime | None = Field(default=None, description="Default: now.")
+    since: Instant | None = Field(default=None, description="Default: 24 hours before until.")
+    until: Instant | None = Field(default=None, description="Default: now.")
     bucket: Literal["minute", "hour", "day"] = "hour"
 
 

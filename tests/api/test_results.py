@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -213,6 +213,36 @@ def test_a_nul_in_any_url_is_a_clear_400(client: FlaskClient, url: str) -> None:
     assert response.status_code == 400, response.get_data(as_text=True)
     assert response.json["error"]["code"] == "invalid_request"
     assert "NUL" in response.json["error"]["message"]
+
+
+@pytest.mark.parametrize("url", [
+    # what CI's fuzzing found: year 1 minus a look-back window overflowed into a 500
+    "/v1/exports?since=0001-01-01T00:00:00-01:00&until=0001-01-01T03:01:01Z",
+    "/v1/jobs?since=0001-01-01T00:00:00%2B01:00",  # year 0 in UTC
+    "/v1/jobs?until=9999-12-31T23:59:59-01:00",  # year 10000 in UTC
+    "/v1/lines?since=1969-12-31T23:59:59Z",
+    "/v1/lines/L1/stats?until=0001-01-02T00:00:00Z",
+])
+def test_times_the_index_cannot_hold_are_a_clear_400(client: FlaskClient, url: str) -> None:
+    response = client.get(url, headers=AUTH)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.json["error"]["code"] == "invalid_request"
+    assert "1970 to 9998" in json.dumps(response.json)
+
+
+def test_times_in_any_zone_within_the_range_are_read_as_utc(
+        app: Flask, client: FlaskClient) -> None:
+    job_id = ended_job(app, client, "LZ", "PASS")
+    index_all(app)
+    created = client.get(f"/v1/jobs/{job_id}", headers=AUTH).json["created_at"]
+    moment = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    before = (moment - timedelta(minutes=1)).astimezone(timezone(timedelta(hours=-5)))
+    after = (moment + timedelta(minutes=1)).astimezone(timezone(timedelta(hours=9)))
+    query = {"line": "LZ", "since": before.isoformat(), "until": after.isoformat()}
+    listed = client.get("/v1/jobs", query_string=query, headers=AUTH)
+    assert [j["id"] for j in listed.json["jobs"]] == [job_id]
+    later = {"line": "LZ", "since": after.isoformat()}
+    assert client.get("/v1/jobs", query_string=later, headers=AUTH).json["jobs"] == []
 
 
 @pytest.mark.parametrize("body", [
