@@ -198,36 +198,32 @@ def test_feedback_refusals_are_clear(app: Flask, client: FlaskClient) -> None:
     assert theirs.status_code == 404
 
 
-@pytest.mark.parametrize("url", [
-    "/v1/jobs?batch_id=b%00",  # the query CI's fuzzing found reaching PostgreSQL
-    "/v1/jobs?line=L1&cursor=%00",
-    "/v1/exports?batch_id=%00x",
-    "/v1/jobs?x%00=1",
-    "/v1/batches/b_%00",
-    "/v1/lines/L%00/stats",
-    "/v1/jobs/j_%00",
-    "/v1/alerts/al_%00",
+NUL = "NUL"  # the message names the character
+OUT_OF_RANGE = "1970 to 9998"  # the message names the years the index holds
+
+
+@pytest.mark.parametrize(("url", "named"), [
+    ("/v1/jobs?batch_id=b%00", NUL),  # the query CI's fuzzing found reaching PostgreSQL
+    ("/v1/jobs?line=L1&cursor=%00", NUL),
+    ("/v1/exports?batch_id=%00x", NUL),
+    ("/v1/jobs?x%00=1", NUL),
+    ("/v1/batches/b_%00", NUL),
+    ("/v1/lines/L%00/stats", NUL),
+    ("/v1/jobs/j_%00", NUL),
+    ("/v1/alerts/al_%00", NUL),
+    # what CI's fuzzing found next: year 1 minus a look-back window overflowed into a 500
+    ("/v1/exports?since=0001-01-01T00:00:00-01:00&until=0001-01-01T03:01:01Z", OUT_OF_RANGE),
+    ("/v1/jobs?since=0001-01-01T00:00:00%2B01:00", OUT_OF_RANGE),  # year 0 in UTC
+    ("/v1/jobs?until=9999-12-31T23:59:59-01:00", OUT_OF_RANGE),  # year 10000 in UTC
+    ("/v1/lines?since=1969-12-31T23:59:59Z", OUT_OF_RANGE),
+    ("/v1/lines/L1/stats?until=0001-01-02T00:00:00Z", OUT_OF_RANGE),
 ])
-def test_a_nul_in_any_url_is_a_clear_400(client: FlaskClient, url: str) -> None:
+def test_a_url_the_api_cannot_serve_is_a_clear_400_naming_why(
+        client: FlaskClient, url: str, named: str) -> None:
     response = client.get(url, headers=AUTH)
     assert response.status_code == 400, response.get_data(as_text=True)
     assert response.json["error"]["code"] == "invalid_request"
-    assert "NUL" in response.json["error"]["message"]
-
-
-@pytest.mark.parametrize("url", [
-    # what CI's fuzzing found: year 1 minus a look-back window overflowed into a 500
-    "/v1/exports?since=0001-01-01T00:00:00-01:00&until=0001-01-01T03:01:01Z",
-    "/v1/jobs?since=0001-01-01T00:00:00%2B01:00",  # year 0 in UTC
-    "/v1/jobs?until=9999-12-31T23:59:59-01:00",  # year 10000 in UTC
-    "/v1/lines?since=1969-12-31T23:59:59Z",
-    "/v1/lines/L1/stats?until=0001-01-02T00:00:00Z",
-])
-def test_times_the_index_cannot_hold_are_a_clear_400(client: FlaskClient, url: str) -> None:
-    response = client.get(url, headers=AUTH)
-    assert response.status_code == 400, response.get_data(as_text=True)
-    assert response.json["error"]["code"] == "invalid_request"
-    assert "1970 to 9998" in json.dumps(response.json)
+    assert named in response.json["error"]["message"]
 
 
 def test_times_in_any_zone_within_the_range_are_read_as_utc(
