@@ -48,10 +48,9 @@ def ema(averaged: Tensor, current: Tensor, count: Tensor | int) -> Tensor:
     return decay * averaged + (1 - decay) * current
 
 
-def build(num_classes: int, input_pool: int = 2, dihedral: bool = False) -> InspectqSeg:
+def build(num_classes: int, input_pool: int = 2) -> InspectqSeg:
     """The label-only model: `CellNet` cells pooled by a smooth maximum into the score."""
-    return InspectqSeg(CellNet(num_classes, input_pool=input_pool), CELL_SHARPNESS,
-                       dihedral=dihedral)
+    return InspectqSeg(CellNet(num_classes, input_pool=input_pool), CELL_SHARPNESS)
 
 
 def augment(images: np.ndarray, rng: np.random.Generator, shift: int = 16,
