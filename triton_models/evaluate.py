@@ -37,7 +37,13 @@ import numpy as np
 import torch
 
 from inspectq.config import Settings
-from inspectq.imaging import UndecodableImage, decode_image, image_score, make_model_input
+from inspectq.imaging import (
+    ModelInput,
+    UndecodableImage,
+    decode_image,
+    image_score,
+    make_model_input,
+)
 from inspectq.quality import check_quality
 from inspectq.result import (
     Decision,
@@ -110,6 +116,13 @@ class ServiceImage:
 
     tiles: np.ndarray  # (T, 3, tile, tile) uint8
     quality_issues: list[str]
+
+
+def service_input(image: np.ndarray) -> ModelInput:
+    """The service's tiles (and their layout) of a (3,H,W) uint8 image held at the service's
+    scale (`mvtec.load(size=None)`, `mvtec.read_rgb(path, None)`)."""
+    return make_model_input(np.ascontiguousarray(image.transpose(1, 2, 0)), TILE_SIZE,
+                            TILE_STRIDE)
 
 
 def service_image(path: Path, tile: int = TILE_SIZE, stride: int = TILE_STRIDE) -> ServiceImage:

@@ -53,9 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from inspectq.imaging import image_score, make_model_input, stitch
+from inspectq.imaging import image_score, stitch
 from triton_models import card, metrics, mvtec
-from triton_models.evaluate import TILE_SIZE, TILE_STRIDE
+from triton_models.evaluate import service_input
 from triton_models.export import export, gflops_per_image
 
 CLASSES = ["background", "anomaly"]
@@ -134,13 +134,6 @@ class Deviation(nn.Module):
         class_map = (heat >= 0.5).to(torch.uint8)
         ood_score = (domain / self.ood_threshold).unsqueeze(1)
         return class_map, heat.to(torch.float16), image_score, ood_score
-
-
-def service_tiles(image: np.ndarray) -> np.ndarray:
-    """The service's tiles (T,3,256,256) uint8 of a (3,H,W) image at the service's scale
-    (`mvtec.read_rgb(path, None)`)."""
-    hwc = np.ascontiguousarray(image.transpose(1, 2, 0))
-    return make_model_input(hwc, TILE_SIZE, TILE_STRIDE).tiles
 
 
 def whitening(second_moment: Tensor, mean: Tensor, shrink: float) -> Tensor:
@@ -223,8 +216,7 @@ def evaluate(model: nn.Module, held: mvtec.Dataset) -> dict[str, object]:
     histograms = {k: [np.zeros(PIXEL_BINS), np.zeros(PIXEL_BINS)]
                   for k in range(1, len(held.classes))}
     for i, image in enumerate(held.images):
-        layout = make_model_input(np.ascontiguousarray(image.transpose(1, 2, 0)),
-                                  TILE_SIZE, TILE_STRIDE)
+        layout = service_input(image)
         class_maps, probs, tile_scores, _ = model(torch.from_numpy(layout.tiles))
         scores[i] = image_score(tile_scores[:, 0].numpy())
         if held.masks is None:
@@ -276,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     files = sorted(p for p in folder.glob("*") if p.suffix.lower() in mvtec.SUFFIXES)
     if len(files) < 2:
         raise SystemExit(f"{folder}: needs at least 2 good images")
-    tiles = [service_tiles(mvtec.read_rgb(f, None)) for f in files]
+    tiles = [service_input(mvtec.read_rgb(f, None)).tiles for f in files]
     order = np.random.default_rng(args.seed).permutation(len(files))
     n_calib = max(1, round(len(files) * args.calib_fraction))
     model = Deviation(args.seed)

@@ -33,9 +33,9 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from inspectq.imaging import image_score, make_model_input
+from inspectq.imaging import image_score
 from triton_models import metrics, mvtec
-from triton_models.evaluate import TILE_SIZE, TILE_STRIDE
+from triton_models.evaluate import service_input
 from triton_models.net import CELL_SHARPNESS, CellNet, InspectqSeg
 
 #: Per-step decay of the weights' moving average (a horizon of about 200 steps), reached
@@ -93,8 +93,7 @@ def scores(model: nn.Module, images: np.ndarray, batch: int = 32) -> np.ndarray:
     """Image scores as the service computes them: the max over each image's tiles (images
     loaded at the service's scale, `mvtec.load(size=None)`)."""
     model.eval()
-    tiles = [make_model_input(np.ascontiguousarray(image.transpose(1, 2, 0)), TILE_SIZE,
-                              TILE_STRIDE).tiles for image in images]
+    tiles = [service_input(image).tiles for image in images]
     flat = np.concatenate(tiles)
     tile_scores = np.concatenate([model(torch.from_numpy(flat[i : i + batch]))[2][:, 0].numpy()
                                   for i in range(0, len(flat), batch)])

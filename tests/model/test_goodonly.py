@@ -9,7 +9,7 @@ import torch
 
 from inspectq.tiling import tiles_along
 from triton_models import byom, goodonly, mvtec
-from triton_models.evaluate import TILE_STRIDE
+from triton_models.evaluate import TILE_STRIDE, service_input
 from triton_models.export import export
 from triton_models.metrics import auroc
 
@@ -80,7 +80,7 @@ def test_large_images_are_fitted_and_scored_on_the_services_tiles(tmp_path: Path
         return out
 
     model = goodonly.Deviation(seed=0)
-    tiles = [goodonly.service_tiles(image) for image in wide(10)]
+    tiles = [service_input(image).tiles for image in wide(10)]
     per_image = tiles_along(400, 256, TILE_STRIDE) * tiles_along(640, 256, TILE_STRIDE)
     assert per_image > 1 and all(t.shape == (per_image, 3, 256, 256) for t in tiles)
     info = goodonly.fit(model, np.concatenate(tiles[:6]), tiles[6:])
