@@ -28,7 +28,10 @@ all workers batch together in Triton. How an image becomes tiles:
 
 Outputs are stitched back (:func:`stitch`) where tiles overlap by two rules:
 
-* ``defect_prob`` is the **mean** over the tiles covering the pixel (smooths tile seams);
+* ``defect_prob`` is a **weighted mean** over the tiles covering the pixel, each tile's
+  weight falling linearly from its centre to its edges (:func:`tile_weights`): where two
+  tiles disagree, the heatmap passes from one to the other across their overlap instead of
+  jumping where a tile begins (a plain mean leaves a visible seam there);
 * ``class_map`` is the class of the covering tile that is **most sure** the pixel is
   defective (highest ``defect_prob``), so a defect seen well by one tile is not erased by a
   neighbour that sees it only at its border.
@@ -153,18 +156,27 @@ def stitch(
                           interpolation=cv2.INTER_LINEAR)
         return class_map, prob
     tile = class_maps.shape[1]
+    weights = tile_weights(tile)
     prob_sum = np.zeros(layout.padded_shape, np.float32)
-    count = np.zeros(layout.padded_shape, np.float32)
+    weight_sum = np.zeros(layout.padded_shape, np.float32)
     best_prob = np.full(layout.padded_shape, -1.0, np.float32)
     class_map = np.zeros(layout.padded_shape, np.uint8)
     for (y, x), tile_classes, tile_prob in zip(
         layout.origins, class_maps, defect_probs, strict=True
     ):
         window = (slice(y, y + tile), slice(x, x + tile))
-        prob_sum[window] += tile_prob
-        count[window] += 1
+        prob_sum[window] += weights * tile_prob
+        weight_sum[window] += weights
         better = tile_prob > best_prob[window]
         best_prob[window] = np.where(better, tile_prob, best_prob[window])
         class_map[window] = np.where(better, tile_classes, class_map[window])
     crop = (slice(0, layout.height), slice(0, layout.width))
-    return class_map[crop], (prob_sum / count)[crop]
+    return class_map[crop], (prob_sum / weight_sum)[crop]
+
+
+def tile_weights(tile: int) -> np.ndarray:
+    """(tile, tile) stitching weights: the product of each axis's distance to the nearer
+    edge (1 at the edge pixels, tile / 2 at the centre). Never 0, so a pixel only one tile
+    covers (the image's border) keeps that tile's value."""
+    ramp = np.minimum(np.arange(1, tile + 1), np.arange(tile, 0, -1)).astype(np.float32)
+    return np.outer(ramp, ramp)

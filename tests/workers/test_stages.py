@@ -147,14 +147,18 @@ def test_stitch_of_a_known_pattern_maps_back_to_original_pixels() -> None:
     assert (class_map == truth_class).all()
 
 
-def test_stitch_overlap_means_prob_and_keeps_the_surest_class() -> None:
+def test_stitch_blends_disagreeing_tiles_without_a_seam_and_keeps_the_surest_class() -> None:
     layout = make_model_input(np.zeros((256, 384, 3), np.uint8), 256, 128)
     assert layout.origins == [(0, 0), (0, 128)]
     probs = np.stack([np.full((256, 256), 0.2, np.float32), np.full((256, 256), 0.8, np.float32)])
     classes = np.stack([np.full((256, 256), 1, np.uint8), np.full((256, 256), 2, np.uint8)])
     class_map, prob = stitch(layout, classes, probs)
-    assert np.allclose(prob[:, :128], 0.2) and np.allclose(prob[:, 128:256], 0.5)
-    assert np.allclose(prob[:, 256:], 0.8)
+    assert np.allclose(prob[:, :128], 0.2) and np.allclose(prob[:, 256:], 0.8)
+    # across the overlap the heatmap rises steadily from one tile's value to the other's,
+    # equal weights (the mean) at its centre; no step where the second tile begins
+    row = prob[0, 127:257]
+    assert (np.diff(row) > 0).all() and np.diff(row).max() < 0.02
+    assert np.isclose(prob[0, 191:193].mean(), 0.5, atol=1e-3)
     assert (class_map[:, :128] == 1).all() and (class_map[:, 128:] == 2).all()
 
 
