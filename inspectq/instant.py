@@ -16,10 +16,17 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive datetime is taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
 def in_index_range(value: datetime) -> datetime:
-    """``value`` in UTC (a naive one is UTC already), or ValueError outside 1970..9998."""
+    """``value`` in UTC (`as_utc`), or ValueError outside 1970..9998."""
     try:
-        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        utc = as_utc(value)
     except OverflowError:
         raise ValueError("is outside the years 1970 to 9998 the index holds") from None
     if not EARLIEST <= utc < LATEST:

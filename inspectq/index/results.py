@@ -41,7 +41,8 @@ from sqlalchemy.dialects import sqlite
 
 from inspectq.config import Settings
 from inspectq.index import partitions
-from inspectq.index.schema import MAX_REGIONS, UTCDateTime, as_utc, feedback, jobs
+from inspectq.index.schema import MAX_REGIONS, UTCDateTime, feedback, jobs
+from inspectq.instant import as_utc
 from inspectq.jobs import JobRecord, Status
 from inspectq.result import Decision
 

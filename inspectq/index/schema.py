@@ -38,12 +38,14 @@ DEFAULT partition); on SQLite it is one plain table with the same columns and in
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
+
+from inspectq.instant import as_utc
 
 #: How many regions a job row keeps for exports (the most confident first); defect_count and
 #: defects always count them all.
@@ -74,13 +76,6 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         if isinstance(value, str):  # an expression SQLite returned as text
             value = datetime.fromisoformat(value)
         return as_utc(value)
-
-
-def as_utc(value: datetime) -> datetime:
-    """``value`` in UTC; a naive datetime is taken to be UTC already."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 #: JSON everywhere, JSONB on PostgreSQL (smaller to read, indexable if ever needed).
